@@ -1,0 +1,29 @@
+# Thin wrappers over the commands the README shows; `./dev` makes the venv on first use.
+
+default:
+    @just --list
+
+# run the service on this machine
+up *ARGS:
+    ./dev up {{ARGS}}
+
+# the whole test suite (what CI runs)
+test *ARGS:
+    ./dev test {{ARGS}}
+
+# ruff check, ruff format --check, mypy --strict
+lint:
+    ./dev lint
+
+# format the code
+fmt:
+    ./dev run ruff format src tests ops
+    ./dev run ruff check --fix src tests ops
+
+# train one model locally: just train --model-id mnist_digitnet_v1 --epochs 1
+train *ARGS:
+    ./dev run digits train {{ARGS}}
+
+# /v1/read latency and throughput over real HTTP (see ops/BENCHMARKS.md)
+bench *ARGS:
+    ./dev run python ops/bench_read.py {{ARGS}}

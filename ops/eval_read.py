@@ -1,0 +1,105 @@
+"""Accuracy of `POST /v1/read` on a labelled image folder, per kind, through real HTTP.
+
+The folder has `labels.csv` (`path,label,kind[,source_index]`), as written by
+`ops/make_realistic_set.py` or `ops/make_mnist_pngs.py`. Without `--url` the app runs in-process
+(Litestar's test client: the real ASGI app, settings from the environment); with `--url` it talks
+to a running server.
+
+    python ops/eval_read.py --set /tmp/realistic [--url http://127.0.0.1:8081] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from handwriting_ai.api.app import create_app
+from handwriting_ai.logging import configure_logging
+from handwriting_ai.settings import load_settings
+
+
+@contextmanager
+def client_for(url: str | None) -> Iterator[httpx.Client]:
+    if url:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            yield client
+        return
+    from litestar.testing import TestClient
+
+    configure_logging("warning")
+    with TestClient(create_app(load_settings())) as client:
+        yield client
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--set", type=Path, required=True, help="folder with labels.csv")
+    parser.add_argument("--url", default=None, help="running server; default: in-process app")
+    parser.add_argument("--limit", type=int, default=0, help="at most this many images per kind")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--errors", type=Path, default=None, help="write mistakes as CSV here")
+    args = parser.parse_args()
+
+    rows = list(csv.DictReader((args.set / "labels.csv").open()))
+    total: dict[str, int] = defaultdict(int)
+    correct: dict[str, int] = defaultdict(int)
+    refused: dict[str, int] = defaultdict(int)
+    mistakes: list[tuple[str, str, str]] = []
+    model_id = ""
+    started = time.perf_counter()
+    with client_for(args.url) as client:
+        for row in rows:
+            kind = row.get("kind", "all")
+            if args.limit and total[kind] >= args.limit:
+                continue
+            path = args.set / row["path"]
+            mime = "image/png" if path.suffix == ".png" else "image/jpeg"
+            resp = client.post("/v1/read", files={"file": (path.name, path.read_bytes(), mime)})
+            total[kind] += 1
+            if resp.status_code != 200:
+                refused[kind] += 1
+                mistakes.append(
+                    (row["path"], row["label"], f"{resp.status_code}:{resp.json()['code']}")
+                )
+                continue
+            body = resp.json()
+            model_id = body["model_id"]
+            if int(body["digit"]) == int(row["label"]):
+                correct[kind] += 1
+            else:
+                mistakes.append((row["path"], row["label"], str(body["digit"])))
+    elapsed = time.perf_counter() - started
+    n, ok = sum(total.values()), sum(correct.values())
+    results = {
+        kind: {"n": total[kind], "accuracy": correct[kind] / total[kind], "refused": refused[kind]}
+        for kind in sorted(total)
+    }
+    print(f"model {model_id}, {n} images in {elapsed:.1f} s")
+    for kind, r in results.items():
+        print(f"  {kind:24s} {r['accuracy'] * 100:6.2f}%  (n={r['n']}, refused {r['refused']})")
+    print(f"  {'ALL':24s} {ok / max(n, 1) * 100:6.2f}%  (n={n})")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"model_id": model_id, "overall": ok / max(n, 1), "kinds": results}, indent=2
+            )
+        )
+    if args.errors:
+        with args.errors.open("w") as fh:
+            csv.writer(fh).writerows([("path", "label", "got"), *mistakes])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

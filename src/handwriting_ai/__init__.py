@@ -1,0 +1,1 @@
+"""handwriting-ai: reads handwritten digits and trains better models for itself."""

@@ -1,0 +1,1 @@
+"""HTTP edge: a Litestar app built by `create_app(settings, ...)`."""

@@ -1,0 +1,70 @@
+"""Every error leaves as `{code, message, request_id}`; tracebacks only for unexpected errors."""
+
+from __future__ import annotations
+
+from litestar import Request, Response
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from handwriting_ai.errors import AppError
+from handwriting_ai.logging import get_logger
+
+log = get_logger("handwriting_ai.api")
+
+_CODES_BY_STATUS = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "timeout",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "malformed_form",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def error_response(
+    request: Request[object, object, State], status: int, code: str, message: str
+) -> Response[dict[str, str]]:
+    request_id = str(request.scope.get("state", {}).get("request_id", ""))
+    return Response(
+        {"code": code, "message": message, "request_id": request_id}, status_code=status
+    )
+
+
+def _app_error(request: Request[object, object, State], exc: Exception) -> Response[dict[str, str]]:
+    assert isinstance(exc, AppError)
+    log.info("request_refused", code=exc.code, status=exc.status_code, message=exc.message)
+    return error_response(request, exc.status_code, exc.code, exc.message)
+
+
+def _http_error(
+    request: Request[object, object, State], exc: Exception
+) -> Response[dict[str, str]]:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    if isinstance(exc, ValidationException):
+        status = 400
+    if status >= 500:
+        log.error("http_error", status=status, detail=exc.detail)
+        return error_response(request, 500, "internal_error", "Internal error.")
+    message = exc.detail if isinstance(exc.detail, str) and exc.detail else "Request refused."
+    return error_response(request, status, _CODES_BY_STATUS.get(status, "invalid_request"), message)
+
+
+def _unexpected(
+    request: Request[object, object, State], exc: Exception
+) -> Response[dict[str, str]]:
+    log.exception("unhandled_error", error=type(exc).__name__)
+    return error_response(request, 500, "internal_error", "Internal error.")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    AppError: _app_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}

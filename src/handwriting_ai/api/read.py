@@ -1,0 +1,126 @@
+"""`POST /v1/read`: parse the form, run one read in the executor, shape the answer."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from litestar import Request, post
+from litestar.datastructures import State, UploadFile
+from litestar.exceptions import ClientException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+
+from handwriting_ai.api.schemas import ReadResponse
+from handwriting_ai.api.security import require_api_key
+from handwriting_ai.api.state import AppState
+from handwriting_ai.contracts.converter import parse_bool
+from handwriting_ai.errors import (
+    InvalidRequestError,
+    MalformedFormError,
+    NotReadyError,
+    TooLargeError,
+)
+from handwriting_ai.inference.read import read_digit
+from handwriting_ai.logging import get_logger
+from handwriting_ai.preprocessing import ImageLimits, PreprocessOptions
+from handwriting_ai.settings import DigitsSettings
+
+log = get_logger("handwriting_ai.read")
+_FLAGS = ("invert", "center", "visualize")
+
+
+def limits_of(digits: DigitsSettings) -> ImageLimits:
+    return ImageLimits(
+        max_bytes=int(digits.max_image_mb * 1024 * 1024),
+        max_side_px=digits.max_image_side_px,
+        max_pixels=digits.max_image_pixels,
+    )
+
+
+def _flag(form: dict[str, str], name: str) -> bool | None:
+    raw = form.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return parse_bool(raw)
+    except ValueError:
+        raise InvalidRequestError(
+            f"Field '{name}' must be true or false, got {raw[:32]!r}."
+        ) from None
+
+
+def _mb(request: Request[object, object, State]) -> str:
+    return f"{AppState.of(request.app.state).settings.digits.max_image_mb:g}"
+
+
+async def _parse_form(request: Request[object, object, State]) -> tuple[UploadFile, dict[str, str]]:
+    if request.content_type[0] != "multipart/form-data":
+        raise MalformedFormError("Expected multipart/form-data with a 'file' part.")
+    try:
+        form = await request.form()
+    except RequestEntityTooLarge:
+        raise TooLargeError(f"Request body exceeds the {_mb(request)} MB upload limit.") from None
+    except ClientException as exc:
+        raise MalformedFormError(f"Malformed multipart body: {exc.detail}") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise MalformedFormError("Missing the 'file' part (an image file).")
+    flags = {k: v for k in _FLAGS if isinstance(v := form.get(k), str)}
+    return upload, flags
+
+
+@post(
+    "/v1/read",
+    guards=[require_api_key],
+    status_code=200,
+    summary="Read the handwritten digit in a PNG or JPEG image",
+    responses={},
+)
+async def read(request: Request[object, object, State]) -> ReadResponse:
+    state = AppState.of(request.app.state)
+    ensemble = state.engine.ensemble
+    if ensemble is None:
+        raise NotReadyError("No model is loaded yet.")
+    upload, form = await _parse_form(request)
+    data = await upload.read()
+    await upload.close()
+    center = _flag(form, "center")
+    options = PreprocessOptions(
+        invert=_flag(form, "invert"), center=True if center is None else center
+    )
+    digits = state.settings.digits
+    reading = await state.run(
+        partial(
+            read_digit,
+            data,
+            content_type=upload.content_type,
+            ensemble=ensemble,
+            limits=limits_of(digits),
+            options=options,
+            tta_profile=digits.tta_profile,
+            uncertain_threshold=digits.uncertain_threshold,
+            visualize=bool(_flag(form, "visualize")),
+            visualize_max_bytes=digits.visualize_max_kb * 1024,
+        ),
+        timeout_s=digits.predict_timeout_seconds,
+    )
+    pre = reading.preprocessed
+    log.info(
+        "digit_read",
+        digit=reading.digit,
+        confidence=reading.confidence,
+        model_id=reading.model_id,
+        image_bytes=len(data),
+        inverted=pre.inverted,
+        deskew_deg=pre.deskew_deg,
+        components_kept=pre.components_kept,
+        components_dropped=pre.components_dropped,
+        lines_removed=pre.lines_removed,
+    )
+    return ReadResponse(
+        digit=reading.digit,
+        confidence=reading.confidence,
+        probs=reading.probs,
+        model_id=reading.model_id,
+        uncertain=reading.uncertain,
+        visual_png_b64=reading.visual_png_b64,
+    )

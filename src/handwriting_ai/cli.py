@@ -1,0 +1,121 @@
+"""`digits`: the command line for people and for processes we spawn (serve, up, train, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from handwriting_ai.logging import configure_logging, get_logger
+from handwriting_ai.settings import Settings, SettingsError, load_settings
+
+log = get_logger("handwriting_ai.cli")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    config: Path | None = args.config
+    try:
+        settings = load_settings(toml_path=config)
+    except SettingsError as exc:
+        print(f"digits: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.app.log_level, settings.app.log_format)
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from handwriting_ai.api.app import create_app
+
+    settings = _settings(args)
+    host = args.host or settings.app.host
+    port = args.port or settings.app.port
+    print(f"digits: API listening on http://{host}:{port} (OpenAPI at /schema)", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from handwriting_ai.data.mnist import DataMissingError
+    from handwriting_ai.inference.store import set_current
+    from handwriting_ai.training.config import TrainConfig
+    from handwriting_ai.training.progress import TerminalReporter
+    from handwriting_ai.training.run import InvalidTrainConfigError, run_training
+
+    settings = _settings(args)
+    cfg = TrainConfig(
+        model_id=args.model_id,
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        augment=args.augment,
+        notes=args.notes,
+        threads=args.threads,
+    )
+    model_dir = args.model_dir or settings.model_dir
+    try:
+        result = run_training(
+            cfg,
+            data_root=args.data_root or settings.app.data_root,
+            model_dir=model_dir,
+            reporter=TerminalReporter(),
+            batch_every=max(1, settings.events.batch_every),
+            download=args.download,
+        )
+    except (DataMissingError, InvalidTrainConfigError) as exc:
+        print(f"digits train: {exc}", file=sys.stderr)
+        return 2
+    if args.activate:
+        set_current(model_dir, cfg.model_id, result.manifest.version)
+    m = result.manifest
+    print(
+        f"done: {m.model_id} version {m.version}  val_acc {m.val_acc:.4f}  test_acc {m.test_acc}  "
+        f"temperature {m.temperature:.3f}  -> {result.directory}  (pruned {len(result.pruned)})"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digits", description=__doc__)
+    parser.add_argument("--config", type=Path, default=None, help="TOML settings file (env wins)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, help_text in (
+        ("serve", "run the HTTP API"),
+        ("up", "run the service on this machine"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--host", default=None)
+        p.add_argument("--port", type=int, default=None)
+        p.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("train", help="train one model locally (no Redis), with a progress bar")
+    t.add_argument("--model-id", default="mnist_digitnet_v1")
+    t.add_argument("--arch", default="digitnet")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--batch-size", type=int, default=0, help="0 = auto")
+    t.add_argument("--lr", type=float, default=0.003)
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--augment", action="store_true")
+    t.add_argument("--notes", default="")
+    t.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core")
+    t.add_argument("--data-root", type=Path, default=None, help="default: APP__DATA_ROOT")
+    t.add_argument("--model-dir", type=Path, default=None, help="default: DIGITS__MODEL_DIR")
+    t.add_argument("--download", action="store_true", help="download MNIST if it is missing")
+    t.add_argument("--activate", action="store_true", help="serve this version (CURRENT)")
+    t.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

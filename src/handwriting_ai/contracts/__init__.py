@@ -1,0 +1,1 @@
+"""Typed messages and the one converter that (un)structures them."""

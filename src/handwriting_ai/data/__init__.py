@@ -1,0 +1,1 @@
+"""Data sets on disk: IDX files and the MNIST layout torchvision uses."""

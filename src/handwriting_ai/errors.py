@@ -1,0 +1,56 @@
+"""The application's one error base: a stable `code`, an HTTP status and a message for people."""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    code = "internal_error"
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidImageError(AppError):
+    code, status_code = "invalid_image", 400
+
+
+class UnsupportedMediaTypeError(AppError):
+    code, status_code = "unsupported_media_type", 415
+
+
+class BadDimensionsError(AppError):
+    code, status_code = "bad_dimensions", 400
+
+
+class TooLargeError(AppError):
+    code, status_code = "too_large", 413
+
+
+class PreprocessingFailedError(AppError):
+    code, status_code = "preprocessing_failed", 400
+
+
+class InvalidRequestError(AppError):
+    code, status_code = "invalid_request", 400
+
+
+class MalformedFormError(AppError):
+    code, status_code = "malformed_form", 422
+
+
+class UnauthorizedError(AppError):
+    code, status_code = "unauthorized", 401
+
+
+class NotFoundError(AppError):
+    code, status_code = "not_found", 404
+
+
+class PredictTimeoutError(AppError):
+    code, status_code = "timeout", 504
+
+
+class NotReadyError(AppError):
+    code, status_code = "not_ready", 503

@@ -1,0 +1,1 @@
+"""Serving: manifests, calibrated ensemble maths, TTA, and the engine that runs them."""

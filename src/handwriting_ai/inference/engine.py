@@ -1,0 +1,128 @@
+"""The ensemble: loads checked members, predicts calibrated probabilities, swaps atomically."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from attrs import frozen
+from torch import nn
+
+from handwriting_ai.inference.calibration import ensemble_probs
+from handwriting_ai.inference.manifest import Manifest, ManifestError, read_manifest
+from handwriting_ai.inference.store import MANIFEST_FILE, MODEL_FILE, current_version, version_dir
+from handwriting_ai.inference.tta import TtaProfile, tta_batch
+from handwriting_ai.logging import get_logger
+from handwriting_ai.models import UnknownArchError, create_model
+from handwriting_ai.preprocessing.pipeline import PARAMS
+
+log = get_logger(__name__)
+_BACKGROUND = (0.0 - float(PARAMS["mean"])) / float(PARAMS["std"])
+
+
+@frozen
+class Member:
+    manifest: Manifest
+    module: nn.Module
+    path: Path
+
+
+@frozen
+class Ensemble:
+    members: tuple[Member, ...]
+    temperature_override: float | None = None
+
+    @property
+    def model_id(self) -> str:
+        if len(self.members) == 1:
+            return self.members[0].manifest.model_id
+        return f"ensemble_{len(self.members)}_models"
+
+    @property
+    def temperatures(self) -> list[float]:
+        t = self.temperature_override
+        return [t if t is not None else m.manifest.temperature for m in self.members]
+
+    def predict(self, x: torch.Tensor, profile: TtaProfile = "none") -> torch.Tensor:
+        """(1, 1, 28, 28) normalised input -> (10,) calibrated, averaged probabilities."""
+        views = tta_batch(x, profile, background=_BACKGROUND)
+        with torch.inference_mode():
+            logits = [m.module(views) for m in self.members]
+        return ensemble_probs(logits, self.temperatures)
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def load_weights(module: nn.Module, path: Path) -> nn.Module:
+    """`weights_only=True`: a state dict is data, never code to unpickle."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise ModelLoadError(f"cannot read weights {path}: {exc}") from None
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path} is not a state dict")
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"weights do not fit the arch: {str(exc)[:300]}") from None
+    return module.eval()
+
+
+def load_member(directory: Path, *, expected_hash: str) -> Member:
+    manifest = read_manifest(directory / MANIFEST_FILE, expected_hash=expected_hash)
+    try:
+        module = create_model(manifest.arch)
+    except UnknownArchError as exc:
+        raise ManifestError(str(exc)) from None
+    return Member(
+        manifest=manifest, module=load_weights(module, directory / MODEL_FILE), path=directory
+    )
+
+
+def load_ensemble(
+    model_dir: Path,
+    model_ids: Sequence[str],
+    *,
+    expected_hash: str,
+    temperature_override: float | None = None,
+) -> Ensemble | None:
+    """Load every active model that passes its checks; refusals are logged, never served."""
+    members: list[Member] = []
+    for model_id in model_ids:
+        try:
+            version = current_version(model_dir, model_id)
+            if version is None:
+                log.warning("model_missing", model_id=model_id, model_dir=str(model_dir))
+                continue
+            members.append(
+                load_member(version_dir(model_dir, model_id, version), expected_hash=expected_hash)
+            )
+        except (ManifestError, ModelLoadError, ValueError) as exc:
+            log.error("model_refused", model_id=model_id, reason=str(exc))
+            continue
+        log.info("model_loaded", model_id=model_id, version=version, arch=members[-1].manifest.arch)
+    if not members:
+        return None
+    return Ensemble(members=tuple(members), temperature_override=temperature_override)
+
+
+class EngineHolder:
+    """The served ensemble. Readers take one reference per request, so a swap never breaks one."""
+
+    def __init__(self, ensemble: Ensemble | None = None) -> None:
+        self._ensemble = ensemble
+        self._lock = threading.Lock()
+
+    @property
+    def ensemble(self) -> Ensemble | None:
+        return self._ensemble
+
+    def swap(self, ensemble: Ensemble | None) -> Ensemble | None:
+        with self._lock:
+            old, self._ensemble = self._ensemble, ensemble
+        return old

@@ -1,0 +1,70 @@
+"""One read, start to finish, run inside the bounded executor: bytes in, a `Reading` out."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import torch
+from attrs import frozen
+from PIL import Image
+
+from handwriting_ai.inference.engine import Ensemble
+from handwriting_ai.inference.tta import TtaProfile
+from handwriting_ai.preprocessing import (
+    ImageLimits,
+    PreprocessOptions,
+    decode_image,
+    preprocess_gray,
+)
+from handwriting_ai.preprocessing.pipeline import Preprocessed
+
+
+@frozen
+class Reading:
+    digit: int
+    confidence: float
+    probs: list[float]
+    model_id: str
+    uncertain: bool
+    visual_png_b64: str | None
+    preprocessed: Preprocessed
+
+
+def read_digit(
+    data: bytes,
+    *,
+    content_type: str | None,
+    ensemble: Ensemble,
+    limits: ImageLimits,
+    options: PreprocessOptions,
+    tta_profile: TtaProfile,
+    uncertain_threshold: float,
+    visualize: bool,
+    visualize_max_bytes: int = 16 * 1024,
+) -> Reading:
+    gray = decode_image(data, limits, content_type)
+    pre = preprocess_gray(gray, options)
+    x = torch.from_numpy(pre.tensor).reshape(1, 1, 28, 28)
+    probs = ensemble.predict(x, tta_profile)
+    values = [round(float(p), 6) for p in probs]
+    digit = int(torch.argmax(probs))
+    confidence = values[digit]
+    return Reading(
+        digit=digit,
+        confidence=confidence,
+        probs=values,
+        model_id=ensemble.model_id,
+        uncertain=confidence < uncertain_threshold,
+        visual_png_b64=_png_b64(pre, visualize_max_bytes) if visualize else None,
+        preprocessed=pre,
+    )
+
+
+def _png_b64(pre: Preprocessed, max_bytes: int) -> str | None:
+    """The 28x28 input as a PNG; a 28x28 grayscale PNG is under 1 KB, the cap is a guard."""
+    buf = io.BytesIO()
+    Image.fromarray(pre.pixels, mode="L").save(buf, format="PNG", optimize=True)
+    if buf.tell() > max_bytes:
+        return None
+    return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -1,0 +1,41 @@
+"""Name -> architecture builder. A variant is data (its kwargs), not a subclass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+Builder = Callable[[], nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+class UnknownArchError(KeyError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"unknown arch {self.name!r}; valid: {', '.join(list_models())}"
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    def decorator(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"arch {name!r} registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str) -> nn.Module:
+    try:
+        builder = _REGISTRY[name]
+    except KeyError:
+        raise UnknownArchError(name) from None
+    return builder()

@@ -1,0 +1,249 @@
+"""Grayscale image to the MNIST-style 28x28 input: one function shared by training and inference.
+
+Steps: working size, polarity (auto or forced), illumination normalisation, ruled-line removal,
+Otsu, grouping of the components that make up the digit, moment deskew, aspect-preserving fit
+into the 20x20 box, centre of mass at the centre of 28x28, MNIST normalisation. There are no
+fallbacks: an image with no digit raises `PreprocessingFailedError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import cv2
+import numpy as np
+from attrs import frozen
+
+from handwriting_ai.errors import PreprocessingFailedError
+from handwriting_ai.preprocessing.arrays import F32, U8, as_u8
+from handwriting_ai.preprocessing.segment import (
+    Grouping,
+    group_digit_components,
+    remove_ruled_lines,
+)
+
+# Every value that changes what a model sees lives here and feeds `preprocess_hash`.
+PARAMS: dict[str, float | int | str] = {
+    "version": "pp-6",
+    "work_max_side": 256,
+    "work_min_side": 112,
+    "background_kernel_frac": 0.2,
+    "min_contrast": 40,
+    "threshold_peak_frac": 0.35,
+    "min_stroke_frac": 0.1,
+    "deskew_max_deg": 10.0,
+    "deskew_min_deg": 1.0,
+    "deskew_min_elongation": 1.2,
+    "box_px": 20,
+    "canvas_px": 28,
+    "mean": 0.1307,
+    "std": 0.3081,
+}
+_MEAN = float(PARAMS["mean"])
+_STD = float(PARAMS["std"])
+_BOX = int(PARAMS["box_px"])
+_CANVAS = int(PARAMS["canvas_px"])
+
+
+def preprocess_hash() -> str:
+    """Stable signature of the preprocessing: manifests carry it, the service refuses a mismatch."""
+    blob = json.dumps(PARAMS, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@frozen
+class PreprocessOptions:
+    invert: bool | None = None  # None: decide from the background
+    center: bool = True  # centre of mass (MNIST) rather than the bounding-box centre
+
+
+@frozen
+class Preprocessed:
+    tensor: F32  # (28, 28), MNIST-normalised
+    pixels: U8  # (28, 28), ink bright on black: what the model saw
+    inverted: bool
+    deskew_deg: float
+    components_kept: int
+    components_dropped: int
+    lines_removed: int
+
+
+@frozen
+class _Located:
+    ink: U8
+    grouping: Grouping
+    lines_removed: int
+
+
+def _locate(paper: U8) -> _Located:
+    """Find the digit in dark-ink-on-light `paper` at working resolution."""
+    ink = _normalise_illumination(_working_size(paper))
+    # Blur before judging: lone noisy pixels must neither pass the contrast test nor sway Otsu.
+    smooth = as_u8(cv2.GaussianBlur(ink, (3, 3), 0))
+    if int(smooth.max()) < int(PARAMS["min_contrast"]):
+        raise PreprocessingFailedError("No digit found: the image has no contrasting strokes.")
+    otsu, _ = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    # Otsu alone splits grain from paper when the digit is small and faint: never go below a
+    # fraction of the strongest ink.
+    peak = float(np.percentile(smooth, 99.9))
+    floor = max(float(PARAMS["min_contrast"]) / 2, float(PARAMS["threshold_peak_frac"]) * peak)
+    _, mask = cv2.threshold(smooth, max(float(otsu), floor), 255, cv2.THRESH_BINARY)
+    mask, lines_removed = remove_ruled_lines(as_u8(mask))
+    grouping = group_digit_components(mask, ink)
+    if grouping is None:
+        raise PreprocessingFailedError("No digit found after segmentation.")
+    return _Located(ink=ink, grouping=grouping, lines_removed=lines_removed)
+
+
+def preprocess_gray(gray: U8, options: PreprocessOptions = PreprocessOptions()) -> Preprocessed:
+    inverted = _dark_background(gray) if options.invert is None else options.invert
+    paper = as_u8(cv2.bitwise_not(gray)) if inverted else gray
+    found = _locate(paper)
+    ink, grouping, lines_removed = found.ink, found.grouping, found.lines_removed
+    x, y, w, h = grouping.bbox
+    digit = _soft_digit(ink, grouping.mask)[y : y + h, x : x + w]
+    digit = _thicken_thin_strokes(digit, grouping.mask[y : y + h, x : x + w])
+    digit, angle = _deskew(digit)
+    pixels = _fit_and_center(digit, center=options.center)
+    tensor = ((pixels.astype(np.float32) / 255.0) - _MEAN) / _STD
+    return Preprocessed(
+        tensor=tensor.astype(np.float32),
+        pixels=pixels,
+        inverted=inverted,
+        deskew_deg=round(angle, 2),
+        components_kept=grouping.kept,
+        components_dropped=grouping.dropped,
+        lines_removed=lines_removed,
+    )
+
+
+def _working_size(gray: U8) -> U8:
+    """Big photos shrink (speed); tiny images grow, so kernel sizes stay meaningful."""
+    h, w = gray.shape
+    side = max(h, w)
+    hi, lo = int(PARAMS["work_max_side"]), int(PARAMS["work_min_side"])
+    if side > hi:
+        scale = hi / side
+        interp = cv2.INTER_AREA
+        # Min-pool first (dark ink on light paper by now) so thin pen strokes survive the shrink.
+        k = int(1 / scale)
+        if k >= 2:
+            # Smooth first, or paper grain would be min-pooled into fake ink.
+            gray = as_u8(cv2.GaussianBlur(gray, (3, 3), 0))
+            gray = as_u8(cv2.erode(gray, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))))
+    elif side < lo:
+        scale = lo / side
+        interp = cv2.INTER_LINEAR
+    else:
+        return gray
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return as_u8(cv2.resize(gray, size, interpolation=interp))
+
+
+def _dark_background(gray: U8) -> bool:
+    """The border is background: dark if it sits nearer the dark end of the image's range."""
+    h, w = gray.shape
+    work = gray
+    if max(h, w) > 128:  # a thumbnail is plenty for a median and two percentiles
+        scale = 128 / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        work = as_u8(cv2.resize(gray, size, interpolation=cv2.INTER_AREA))
+        h, w = work.shape
+    b = max(1, min(h, w) // 20)
+    border = np.concatenate(
+        [work[:b].ravel(), work[-b:].ravel(), work[:, :b].ravel(), work[:, -b:].ravel()]
+    )
+    lo, hi = np.percentile(work, [1, 99])
+    return float(np.median(border)) < (float(lo) + float(hi)) / 2
+
+
+def _normalise_illumination(paper: U8) -> U8:
+    """Divide by a background estimate (a closing wipes out strokes, keeps shadows' hard edges)."""
+    h, w = paper.shape
+    k = max(5, int(min(h, w) * float(PARAMS["background_kernel_frac"])) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
+    background = cv2.morphologyEx(paper, cv2.MORPH_CLOSE, kernel)
+    background = cv2.blur(background, (3, 3))
+    ratio = paper.astype(np.float32) / np.maximum(background.astype(np.float32), 1.0)
+    ink = np.clip((1.0 - ratio) * 255.0 * 1.25, 0, 255)
+    return ink.astype(np.uint8)
+
+
+def _soft_digit(ink: U8, group_mask: U8) -> U8:
+    """Keep anti-aliased stroke edges; stretch so the stroke core is full-white like MNIST."""
+    near = cv2.dilate(group_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    kept = np.where(near > 0, ink, 0).astype(np.float32)
+    core = float(np.percentile(kept[group_mask > 0], 90)) if np.any(group_mask) else 255.0
+    floor = float(np.percentile(ink, 50))
+    stretched = (kept - floor) / max(core - floor, 1.0) * 255.0
+    out: U8 = np.clip(stretched, 0, 255).astype(np.uint8)
+    return out
+
+
+def _thicken_thin_strokes(digit: U8, mask: U8) -> U8:
+    """A fine pen on a big page leaves strokes far thinner than MNIST's: dilate them up to a
+    minimum width relative to the digit's size (never thin a bold stroke)."""
+    area = float(np.count_nonzero(mask))
+    contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    perimeter = sum(cv2.arcLength(c, True) for c in contours)
+    if area <= 0 or perimeter <= 0:
+        return digit
+    width = 2.0 * area / perimeter
+    target = float(PARAMS["min_stroke_frac"]) * max(digit.shape)
+    grow = round(target - width)
+    if grow < 2:
+        return digit
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow + 1, grow + 1))
+    padded = cv2.copyMakeBorder(digit, grow, grow, grow, grow, cv2.BORDER_CONSTANT, value=0)
+    return as_u8(cv2.dilate(padded, kernel))
+
+
+def _deskew(digit: U8) -> tuple[U8, float]:
+    """Shear upright by second-order moments, only for elongated shapes, capped at +-10 degrees."""
+    m = cv2.moments(digit.astype(np.float32))
+    mu02, mu20, mu11 = m["mu02"], m["mu20"], m["mu11"]
+    if mu02 <= 1e-6 or mu02 < float(PARAMS["deskew_min_elongation"]) * mu20:
+        return digit, 0.0
+    angle = math.degrees(math.atan(mu11 / mu02))
+    if abs(angle) < float(PARAMS["deskew_min_deg"]):
+        return digit, 0.0
+    cap = float(PARAMS["deskew_max_deg"])
+    angle = max(-cap, min(cap, angle))
+    skew = math.tan(math.radians(angle))
+    h, w = digit.shape
+    pad = math.ceil(abs(skew) * h / 2) + 1
+    padded = cv2.copyMakeBorder(digit, 0, 0, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    cy = m["m01"] / max(m["m00"], 1e-6)
+    shear = np.array([[1.0, skew, -skew * cy], [0.0, 1.0, 0.0]], dtype=np.float64)
+    out = as_u8(
+        cv2.warpAffine(
+            padded, shear, (w + 2 * pad, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        )
+    )
+    ys, xs = np.nonzero(out > 8)
+    if len(xs) == 0:
+        return digit, 0.0
+    return out[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], angle
+
+
+def _fit_and_center(digit: U8, *, center: bool) -> U8:
+    h, w = digit.shape
+    scale = _BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(digit, size, interpolation=interp)
+    canvas = np.zeros((_CANVAS, _CANVAS), dtype=np.uint8)
+    top, left = (_CANVAS - size[1]) // 2, (_CANVAS - size[0]) // 2
+    canvas[top : top + size[1], left : left + size[0]] = small
+    if not center:
+        return canvas
+    m = cv2.moments(canvas.astype(np.float32))
+    if m["m00"] <= 0:
+        raise PreprocessingFailedError("No digit found: nothing left after scaling.")
+    limit = (_CANVAS - _BOX) // 2
+    dx = int(np.clip(round(_CANVAS / 2 - 0.5 - m["m10"] / m["m00"]), -limit, limit))
+    dy = int(np.clip(round(_CANVAS / 2 - 0.5 - m["m01"] / m["m00"]), -limit, limit))
+    shift = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], dtype=np.float64)
+    return as_u8(cv2.warpAffine(canvas, shift, (_CANVAS, _CANVAS), flags=cv2.INTER_NEAREST))

@@ -1,0 +1,202 @@
+"""One typed, frozen settings object, built once at the edge from the environment and optional TOML.
+
+Nested keys use `SECTION__FIELD` (`APP__PORT=8081`, `DIGITS__ACTIVE_MODEL=a,b`); a few flat keys
+(`REDIS_URL`, `HANDWRITING_API_URL`, `HANDWRITING_API_KEY`) keep the names operators already use.
+An unknown key in a known section, or a malformed value, fails start-up with a message naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from attrs import field, frozen
+from cattrs.gen import make_dict_structure_fn, override
+
+from handwriting_ai.contracts.converter import ContractError, converter, structure
+
+SHIPPED_MODELS = ("mnist_digitnet_v1",)
+
+
+def _ids(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(str(v) for v in value)
+    raise ValueError(f"expected a comma-separated list of ids, got {value!r}")
+
+
+def _optional_float(value: object) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"expected a number or empty, got {value!r}")
+
+
+@frozen
+class AppSettings:
+    data_root: Path = Path("data")
+    artifacts_root: Path | None = None
+    logs_root: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8081
+    threads: int = 0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    build: str = "dev"
+    commit: str = "unknown"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.artifacts_root or self.data_root / "artifacts"
+
+    @property
+    def executor_threads(self) -> int:
+        """`APP__THREADS=0` means auto: one per core, at most 8 (the plan's policy)."""
+        return self.threads if self.threads > 0 else min(8, os.cpu_count() or 1)
+
+
+@frozen
+class DigitsSettings:
+    model_dir: Path | None = None
+    active_model: tuple[str, ...] = field(default=SHIPPED_MODELS, converter=_ids)
+    tta_profile: Literal["none", "strong"] = "none"
+    ensemble_temperature_override: float | None = field(default=None, converter=_optional_float)
+    uncertain_threshold: float = 0.70
+    max_image_mb: float = 2.0
+    max_image_side_px: int = 1024
+    max_image_pixels: int = 25_000_000
+    predict_timeout_seconds: float = 5.0
+    visualize_max_kb: int = 16
+    promotion_tolerance: float = 0.002
+
+
+def _ids_hook(value: object, _: object) -> tuple[str, ...]:
+    return _ids(value)
+
+
+def _optional_float_hook(value: object, _: object) -> float | None:
+    return _optional_float(value)
+
+
+# The field converters see the raw value: left to the generic hooks, "a,b" would first become
+# the tuple of its characters and an empty override would be refused instead of meaning "none".
+converter.register_structure_hook(
+    DigitsSettings,
+    make_dict_structure_fn(
+        DigitsSettings,
+        converter,
+        active_model=override(struct_hook=_ids_hook),
+        ensemble_temperature_override=override(struct_hook=_optional_float_hook),
+    ),
+)
+
+
+@frozen
+class SecuritySettings:
+    api_key: str = ""
+
+
+@frozen
+class EventsSettings:
+    enabled: bool = True
+    batch_every: int = 10
+    maxlen: int = 10_000
+
+
+@frozen
+class Settings:
+    app: AppSettings = AppSettings()
+    digits: DigitsSettings = DigitsSettings()
+    security: SecuritySettings = SecuritySettings()
+    events: EventsSettings = EventsSettings()
+    redis_url: str | None = None
+    handwriting_api_url: str = "http://127.0.0.1:8081"
+    handwriting_api_key: str = ""
+
+    @property
+    def model_dir(self) -> Path:
+        return self.digits.model_dir or self.app.data_root / "models"
+
+
+_SECTIONS = ("app", "digits", "security", "events")
+_FLAT = ("redis_url", "handwriting_api_url", "handwriting_api_key")
+
+
+class SettingsError(ValueError):
+    """Start-up configuration is invalid; the message names every bad key."""
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, str] | str]:
+    tree: dict[str, dict[str, str] | str] = {}
+    for key, value in env.items():
+        lower = key.lower()
+        section, sep, name = lower.partition("__")
+        if sep and section in _SECTIONS:
+            sub = tree.setdefault(section, {})
+            if isinstance(sub, dict):
+                sub[name] = value
+        elif lower in _FLAT and value:
+            tree[lower] = value
+    return tree
+
+
+def _merge(base: dict[str, object], over: Mapping[str, object]) -> dict[str, object]:
+    merged = dict(base)
+    for key, value in over.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            merged[key] = {**current, **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_name(path: str) -> str:
+    """`$.digits.max_image_mb` -> `DIGITS__MAX_IMAGE_MB`, so errors name what the user sets."""
+    parts = path.removeprefix("$.").split(".")
+    return "__".join(parts).upper() if len(parts) > 1 else parts[0].upper()
+
+
+def load_settings(env: Mapping[str, str] | None = None, toml_path: Path | None = None) -> Settings:
+    """Build the settings from TOML (if given or named by `HANDWRITING_AI_CONFIG`) and the env."""
+    env = os.environ if env is None else env
+    data: dict[str, object] = {}
+    toml_path = toml_path or (
+        Path(env["HANDWRITING_AI_CONFIG"]) if env.get("HANDWRITING_AI_CONFIG") else None
+    )
+    if toml_path is not None:
+        try:
+            data = tomllib.loads(toml_path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read settings file {toml_path}: {exc}") from None
+    data = _merge(data, _from_env(env))
+    try:
+        return structure(data, Settings)
+    except ContractError as exc:
+        named = [_rename(err) for err in exc.errors]
+        raise SettingsError("invalid settings: " + "; ".join(named)) from None
+
+
+_EXTRA = re.compile(r"^extra fields found \((?P<names>.*)\)$")
+
+
+def _rename(error: str) -> str:
+    """`reason @ $.digits.x` -> `DIGITS__X: reason`; an unknown key is named as it was set."""
+    reason, _, path = error.rpartition(" @ ")
+    if not reason:
+        return error
+    extra = _EXTRA.match(reason)
+    if extra is None:
+        return f"{_env_name(path)}: {reason}"
+    section = path.removeprefix("$").removeprefix(".")
+    names = [
+        "__".join([*section.split("."), key]).upper() if section else key.upper()
+        for key in extra.group("names").split(", ")
+    ]
+    return f"{', '.join(names)}: unknown setting"

@@ -1,0 +1,1 @@
+"""Training: data, augmentation, the loop, calibration, artifacts; `run_training` ties them."""

@@ -1,0 +1,122 @@
+"""`TrainConfig`: everything a run needs, frozen; its recipe (minus bookkeeping) is hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from attrs import evolve, frozen
+
+from handwriting_ai.contracts.converter import converter
+
+Morph = Literal["none", "erode", "dilate", "both"]
+
+
+@frozen
+class AugmentConfig:
+    """Knobs default to off; `robust()` is what `augment=true` turns on."""
+
+    rotate_deg: float = 0.0
+    scale: float = 0.0
+    shift_px: float = 0.0
+    shear_deg: float = 0.0
+    noise_prob: float = 0.0
+    noise_amount: float = 0.02
+    dots_prob: float = 0.0
+    dots_count: int = 3
+    dots_size_px: int = 2
+    blur_prob: float = 0.0
+    blur_sigma: float = 0.8
+    morph_prob: float = 0.0
+    morph: Morph = "none"
+
+    @property
+    def enabled(self) -> bool:
+        return any(
+            v > 0
+            for v in (
+                self.rotate_deg,
+                self.scale,
+                self.shift_px,
+                self.shear_deg,
+                self.noise_prob,
+                self.dots_prob,
+                self.blur_prob,
+                self.morph_prob,
+            )
+        )
+
+    @staticmethod
+    def robust() -> AugmentConfig:
+        return AugmentConfig(
+            rotate_deg=12.0,
+            scale=0.12,
+            shift_px=2.0,
+            shear_deg=10.0,
+            noise_prob=0.15,
+            dots_prob=0.2,
+            blur_prob=0.1,
+            morph_prob=0.25,
+            morph="both",
+        )
+
+
+@frozen
+class TrainConfig:
+    model_id: str
+    arch: str = "digitnet"
+    epochs: int = 1
+    batch_size: int = 0  # 0: auto
+    lr: float = 0.003
+    weight_decay: float = 5e-4
+    seed: int = 42
+    augment: bool = False
+    aug: AugmentConfig = AugmentConfig()
+    val_size: int = 5000
+    threads: int = 0  # 0: auto
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    notes: str = ""
+    parent_model_id: str | None = None
+
+    def effective_aug(self) -> AugmentConfig:
+        """`augment=true` with untouched knobs means the robust defaults."""
+        if self.augment and not self.aug.enabled:
+            return AugmentConfig.robust()
+        return self.aug if self.augment else AugmentConfig()
+
+    def resolved(self, *, batch_size: int, threads: int, bf16_native: bool) -> TrainConfig:
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if bf16_native else "fp32"
+        return evolve(
+            self,
+            batch_size=batch_size,
+            threads=threads,
+            aug=self.effective_aug(),
+            precision=precision,
+        )
+
+
+Recipe = dict[str, str | int | float | bool | None]
+
+
+def recipe_of(cfg: TrainConfig) -> Recipe:
+    """Flat recipe for the manifest: what decides the weights (not ids, notes or threads)."""
+    data = converter.unstructure(cfg)
+    assert isinstance(data, dict)
+    recipe: Recipe = {}
+    for key, value in data.items():
+        if key in {"model_id", "notes", "parent_model_id", "threads"}:
+            continue
+        if isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                if isinstance(sub_value, str | int | float | bool) or sub_value is None:
+                    recipe[f"aug_{sub_key}"] = sub_value
+        elif isinstance(value, str | int | float | bool) or value is None:
+            recipe[str(key)] = value
+    return recipe
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
