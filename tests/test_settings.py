@@ -14,7 +14,11 @@ def test_defaults_without_env() -> None:
     settings = load_settings({})
     assert settings == Settings()
     assert settings.app.port == 8081
-    assert settings.digits.active_model == ("mnist_digitnet_v1",)
+    assert settings.digits.active_model == (
+        "mnist_digitnet_a",
+        "mnist_digitnet_b",
+        "mnist_digitnet_c",
+    )
     assert settings.model_dir == Path("data") / "models"
     assert settings.app.artifacts_dir == Path("data") / "artifacts"
 

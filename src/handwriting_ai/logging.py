@@ -15,6 +15,21 @@ _LEVELS = {
 }
 
 
+class _StderrLogger:
+    """Writes to whatever `sys.stderr` is at the time: tests and daemons swap it after the
+    loggers are built (and cached), and a stream captured at start-up may be closed by then."""
+
+    def msg(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _stderr_logger(*_: object) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Call in every process entry point, spawned subprocesses too (they start unconfigured)."""
     renderer: structlog.typing.Processor = (
@@ -32,7 +47,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=True,
     )
 

@@ -17,6 +17,7 @@ from handwriting_ai.api.read import read
 from handwriting_ai.api.request_id import RequestIdMiddleware
 from handwriting_ai.api.state import AppState
 from handwriting_ai.inference.engine import EngineHolder, load_ensemble
+from handwriting_ai.inference.store import bundled_model_dir, seed_models
 from handwriting_ai.logging import get_logger
 from handwriting_ai.preprocessing import preprocess_hash
 from handwriting_ai.settings import Settings
@@ -26,6 +27,10 @@ _FORM_OVERHEAD_BYTES = 64 * 1024
 
 
 def _load(settings: Settings) -> EngineHolder:
+    active = settings.digits.active_model
+    settings.model_dir.mkdir(parents=True, exist_ok=True)
+    for model_id in seed_models(settings.model_dir, active, bundled_model_dir()):
+        log.info("model_seeded", model_id=model_id, model_dir=str(settings.model_dir))
     ensemble = load_ensemble(
         settings.model_dir,
         settings.digits.active_model,

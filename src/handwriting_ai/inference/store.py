@@ -7,6 +7,7 @@ rename), so a reader never sees half a pointer.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from handwriting_ai.inference.manifest import SAFE_ID
@@ -54,3 +55,34 @@ def set_current(model_dir: Path, model_id: str, version: str) -> None:
     tmp = root / f".{CURRENT_FILE}.{os.getpid()}.tmp"
     tmp.write_text(version + "\n")
     os.replace(tmp, root / CURRENT_FILE)
+
+
+def bundled_model_dir() -> Path | None:
+    """The shipped ensemble: inside the wheel, or `models/` at the root of a source checkout."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[1] / "bundled_models", here.parents[3] / "models"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def seed_models(model_dir: Path, model_ids: tuple[str, ...], source: Path | None) -> list[str]:
+    """Copy shipped models the model directory lacks, so zero configuration serves them.
+
+    The shipped copy stays read-only; uploads and new versions go to `model_dir` only.
+    """
+    if source is None or source.resolve() == model_dir.resolve():
+        return []
+    seeded = []
+    for model_id in model_ids:
+        if list_versions(model_dir, model_id) or not list_versions(source, model_id):
+            continue
+        target = model_dir / check_id(model_id, "model_id")
+        tmp = model_dir / f".seed-{model_id}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source / model_id, tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        seeded.append(model_id)
+    return seeded

@@ -27,7 +27,7 @@ Metrics = dict[str, float | int | str | list[dict[str, float | int]] | None]
 
 def new_run_id(now: datetime) -> str:
     """Sorts by time (retention and `list_versions` rely on it); the suffix keeps it unique."""
-    return f"{now:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
+    return f"{now:%Y%m%dT%H%M%S.%f}Z-{secrets.token_hex(3)}"
 
 
 def weights_sha256(state: dict[str, torch.Tensor]) -> str:

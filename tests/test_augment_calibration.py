@@ -1,0 +1,109 @@
+"""Augmentation knobs change the data (deterministically), and calibration lowers NLL."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handwriting_ai.training.augment import augment_batch
+from handwriting_ai.training.calibrate import expected_calibration_error, fit_temperature, nll
+from handwriting_ai.training.config import AugmentConfig, Morph, TrainConfig, recipe_hash, recipe_of
+from tiny_mnist import render_digits
+
+
+def batch() -> torch.Tensor:
+    images, _ = render_digits(32, seed=5)
+    return torch.from_numpy(images).unsqueeze(1).float() / 255.0
+
+
+KNOBS = {
+    "rotate_deg": AugmentConfig(rotate_deg=15.0),
+    "scale": AugmentConfig(scale=0.2),
+    "shift_px": AugmentConfig(shift_px=2.0),
+    "shear_deg": AugmentConfig(shear_deg=10.0),
+    "noise_prob": AugmentConfig(noise_prob=1.0),
+    "dots_prob": AugmentConfig(dots_prob=1.0),
+    "blur_prob": AugmentConfig(blur_prob=1.0),
+}
+
+
+def test_augmentation_is_off_by_default() -> None:
+    x = batch()
+    assert torch.equal(
+        augment_batch(x.clone(), AugmentConfig(), torch.Generator().manual_seed(0)), x
+    )
+    assert TrainConfig(model_id="m").effective_aug() == AugmentConfig()
+
+
+@pytest.mark.parametrize("knob", sorted(KNOBS))
+def test_each_knob_changes_the_data(knob: str) -> None:
+    x = batch()
+    cfg = KNOBS[knob]
+    out = augment_batch(x.clone(), cfg, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert float(out.min()) >= 0.0
+    assert float(out.max()) <= 1.0
+    assert not torch.allclose(out, x)
+
+
+@pytest.mark.parametrize("morph", ["erode", "dilate", "both"])
+def test_morphology_changes_stroke_mass(morph: Morph) -> None:
+    x = batch()
+    cfg = AugmentConfig(morph_prob=1.0, morph=morph)
+    out = augment_batch(x.clone(), cfg, torch.Generator().manual_seed(0))
+    if morph == "dilate":
+        assert float(out.sum()) > float(x.sum())
+    elif morph == "erode":
+        assert float(out.sum()) < float(x.sum())
+    else:
+        assert not torch.allclose(out, x)
+
+
+def test_augmentation_is_deterministic_under_the_seed() -> None:
+    cfg = AugmentConfig.robust()
+    a = augment_batch(batch(), cfg, torch.Generator().manual_seed(1))
+    b = augment_batch(batch(), cfg, torch.Generator().manual_seed(1))
+    c = augment_batch(batch(), cfg, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_augment_true_means_robust_defaults_in_the_recipe() -> None:
+    cfg = TrainConfig(model_id="m", augment=True)
+    assert cfg.effective_aug() == AugmentConfig.robust()
+    resolved = cfg.resolved(batch_size=128, threads=2, bf16_native=False)
+    recipe = recipe_of(resolved)
+    assert recipe["aug_rotate_deg"] == AugmentConfig.robust().rotate_deg
+    assert recipe["precision"] == "fp32"
+    assert "model_id" not in recipe
+    assert "notes" not in recipe
+    assert recipe_hash(recipe) != recipe_hash(
+        recipe_of(TrainConfig(model_id="m").resolved(batch_size=128, threads=2, bf16_native=False))
+    )
+
+
+def test_temperature_scaling_lowers_nll_of_an_overconfident_model() -> None:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (4000,), generator=gen)
+    logits = torch.randn(4000, 10, generator=gen)
+    logits[torch.arange(4000), labels] += 2.5
+    overconfident = logits * 5  # right ~85% of the time, but sure of itself every time
+    t = fit_temperature(overconfident, labels)
+    assert t > 2.0
+    assert nll(overconfident, labels, t) < 0.85 * nll(overconfident, labels)
+    # ... and the fitted T is the minimum, not merely an improvement.
+    assert nll(overconfident, labels, t) <= nll(overconfident, labels, t * 1.1)
+    assert nll(overconfident, labels, t) <= nll(overconfident, labels, t / 1.1)
+    probs_before = torch.softmax(overconfident, 1)
+    probs_after = torch.softmax(overconfident / t, 1)
+    assert expected_calibration_error(probs_after, labels) < 0.5 * expected_calibration_error(
+        probs_before, labels
+    )
+
+
+def test_temperature_never_makes_a_calibrated_model_worse() -> None:
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 10, (2000,), generator=gen)
+    logits = torch.randn(2000, 10, generator=gen)
+    t = fit_temperature(logits, labels)
+    assert nll(logits, labels, t) <= nll(logits, labels, 1.0)
