@@ -40,6 +40,20 @@ def client_for(url: str | None) -> Iterator[httpx.Client]:
         yield client
 
 
+def expected_calibration_error(confidences: list[tuple[float, bool]], bins: int = 15) -> float:
+    """Weighted mean |accuracy - confidence| over equal-width confidence bins."""
+    total = len(confidences)
+    ece = 0.0
+    for b in range(bins):
+        low, high = b / bins, (b + 1) / bins
+        members = [(c, ok) for c, ok in confidences if low < c <= high]
+        if members:
+            accuracy = sum(ok for _, ok in members) / len(members)
+            confidence = sum(c for c, _ in members) / len(members)
+            ece += len(members) / total * abs(accuracy - confidence)
+    return ece
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -56,6 +70,7 @@ def main() -> int:
     correct: dict[str, int] = defaultdict(int)
     refused: dict[str, int] = defaultdict(int)
     mistakes: list[tuple[str, str, str]] = []
+    confidences: list[tuple[float, bool]] = []
     model_id = ""
     started = time.perf_counter()
     with client_for(args.url) as client:
@@ -75,6 +90,7 @@ def main() -> int:
                 continue
             body = resp.json()
             model_id = body["model_id"]
+            confidences.append((float(body["confidence"]), int(body["digit"]) == int(row["label"])))
             if int(body["digit"]) == int(row["label"]):
                 correct[kind] += 1
             else:
@@ -89,6 +105,8 @@ def main() -> int:
     for kind, r in results.items():
         print(f"  {kind:24s} {r['accuracy'] * 100:6.2f}%  (n={r['n']}, refused {r['refused']})")
     print(f"  {'ALL':24s} {ok / max(n, 1) * 100:6.2f}%  (n={n})")
+    ece = expected_calibration_error(confidences)
+    print(f"  expected calibration error (15 bins): {ece:.4f}")
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -79,6 +79,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from handwriting_ai.contracts.schema_gen import main as schemas_main
+
+    forwarded: list[str] = ["--check"] if args.check else []
+    return schemas_main([*forwarded, "--dir", str(args.dir)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digits", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file (env wins)")
@@ -108,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--download", action="store_true", help="download MNIST if it is missing")
     t.add_argument("--activate", action="store_true", help="serve this version (CURRENT)")
     t.set_defaults(func=cmd_train)
+
+    sc = sub.add_parser("schemas", help="write the stream contracts (JSON Schema, AsyncAPI)")
+    sc.add_argument("--check", action="store_true", help="exit 1 if the files drifted")
+    sc.add_argument("--dir", type=Path, default=Path("streams"))
+    sc.set_defaults(func=cmd_schemas)
     return parser
 
 

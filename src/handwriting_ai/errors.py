@@ -54,3 +54,25 @@ class PredictTimeoutError(AppError):
 
 class NotReadyError(AppError):
     code, status_code = "not_ready", 503
+
+
+class ForbiddenError(AppError):
+    code, status_code = "forbidden", 403
+
+
+class InvalidArtifactError(AppError):
+    """An uploaded model artifact that must not be stored; `code` says which check failed."""
+
+    status_code = 400
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ConflictError(AppError):
+    code, status_code = "conflict", 409
+
+
+class QueueUnavailableError(AppError):
+    code, status_code = "queue_unavailable", 503

@@ -11,6 +11,7 @@ import torch
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 
+from handwriting_ai.api.admin import upload_model
 from handwriting_ai.api.errors import EXCEPTION_HANDLERS
 from handwriting_ai.api.health import active_models, healthz, package_version, readyz, version_info
 from handwriting_ai.api.read import read
@@ -73,7 +74,7 @@ def create_app(settings: Settings, *, engine: EngineHolder | None = None) -> Lit
             state.executor = None
 
     app = Litestar(
-        route_handlers=[read, healthz, readyz, version_info, active_models],
+        route_handlers=[read, healthz, readyz, version_info, active_models, upload_model],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         request_max_body_size=int(settings.digits.max_image_mb * 1024 * 1024)

@@ -83,7 +83,7 @@ def auto_config(cfg: TrainConfig) -> TrainConfig:
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     )
     resolved = cfg.resolved(
-        batch_size=cfg.batch_size or 128, threads=cfg.threads or cores, bf16_native=_cpu_has_bf16()
+        batch_size=cfg.batch_size or 128, threads=cfg.threads or cores, bf16_native=cpu_has_bf16()
     )
     log.info(
         "train_auto_config",
@@ -95,7 +95,7 @@ def auto_config(cfg: TrainConfig) -> TrainConfig:
     return resolved
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Mixed precision only pays where the CPU computes bf16 natively (AVX512-BF16 or AMX)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()

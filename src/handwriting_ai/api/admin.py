@@ -1,0 +1,110 @@
+"""`POST /v1/admin/models/upload`: workers hand in trained artifacts; only checked ones are kept."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from attrs import frozen
+from litestar import Request, post
+from litestar.datastructures import State, UploadFile
+from litestar.exceptions import ClientException
+
+from handwriting_ai.api.security import key_matches
+from handwriting_ai.api.state import AppState
+from handwriting_ai.errors import (
+    ForbiddenError,
+    MalformedFormError,
+    TooLargeError,
+    UnauthorizedError,
+)
+from handwriting_ai.inference.upload import check_artifact, store_artifact
+from handwriting_ai.logging import get_logger
+from handwriting_ai.preprocessing import preprocess_hash
+
+log = get_logger("handwriting_ai.admin")
+MAX_UPLOAD_BYTES = 256 * 1024 * 1024
+MAX_JSON_PART_BYTES = 1024 * 1024
+
+
+@frozen
+class UploadResponse:
+    model_id: str
+    version: str
+    model_bytes: int
+    manifest_bytes: int
+    model_sha256: str
+    created: bool
+
+
+async def _part(form: dict[str, UploadFile | str], name: str, limit: int) -> bytes:
+    part = form.get(name)
+    if not isinstance(part, UploadFile):
+        raise MalformedFormError(f"Missing the '{name}' file part.")
+    data = await part.read()
+    await part.close()
+    if len(data) > limit:
+        raise TooLargeError(f"Part '{name}' is {len(data)} bytes; the limit is {limit}.")
+    return data
+
+
+@post(
+    "/v1/admin/models/upload",
+    status_code=201,
+    request_max_body_size=MAX_UPLOAD_BYTES,
+    summary="Upload a trained model (model.pt, manifest.json, metrics.json); API key required",
+)
+async def upload_model(request: Request[object, object, State]) -> UploadResponse:
+    state = AppState.of(request.app.state)
+    configured = state.settings.security.api_key
+    if not configured:
+        raise ForbiddenError("Uploads are disabled: set SECURITY__API_KEY on the API and workers.")
+    if not key_matches(configured, request.headers.get("x-api-key")):
+        raise UnauthorizedError("Missing or wrong X-Api-Key.")
+    if request.content_type[0] != "multipart/form-data":
+        raise MalformedFormError("Expected multipart/form-data.")
+    try:
+        raw_form = await request.form()
+    except ClientException as exc:
+        raise MalformedFormError(f"Malformed multipart body: {exc.detail}") from None
+    form: dict[str, UploadFile | str] = {
+        k: v for k, v in raw_form.items() if isinstance(v, UploadFile | str)
+    }
+    model_id = form.get("model_id")
+    if not isinstance(model_id, str):
+        raise MalformedFormError("Missing the 'model_id' field.")
+    model = await _part(form, "model", MAX_UPLOAD_BYTES)
+    manifest_raw = await _part(form, "manifest", MAX_JSON_PART_BYTES)
+    metrics_raw = await _part(form, "metrics", MAX_JSON_PART_BYTES)
+    manifest = await state.run(
+        partial(
+            check_artifact,
+            model_id,
+            model,
+            manifest_raw,
+            metrics_raw,
+            expected_hash=preprocess_hash(),
+        ),
+        timeout_s=120,
+    )
+    stored = await state.run(
+        partial(
+            store_artifact, state.settings.model_dir, manifest, model, manifest_raw, metrics_raw
+        ),
+        timeout_s=120,
+    )
+    log.info(
+        "model_uploaded",
+        model_id=stored.model_id,
+        version=stored.version,
+        created=stored.created,
+        model_bytes=stored.model_bytes,
+        val_acc=manifest.val_acc,
+    )
+    return UploadResponse(
+        model_id=stored.model_id,
+        version=stored.version,
+        model_bytes=stored.model_bytes,
+        manifest_bytes=stored.manifest_bytes,
+        model_sha256=stored.model_sha256,
+        created=stored.created,
+    )

@@ -1,0 +1,32 @@
+"""Every Redis key, stream and group name the service uses, in one place, so none is typed twice.
+
+Durations are seconds (`_S`). Per-job keys take the job's `request_id`; per-worker keys take the
+consumer name the worker uses in the group.
+"""
+
+from __future__ import annotations
+
+JOBS_STREAM = "digits:train"
+JOBS_GROUP = "digits-workers"
+DEAD_STREAM = "digits:train:dead"
+EVENTS_STREAM = "digits:events"
+
+# Defaults; the settings object may override them.
+STATUS_TTL_S = 7 * 24 * 3600  # long enough for a user to ask "what happened to my job?"
+IDEMPOTENCY_TTL_S = 24 * 3600  # how long a repeated request_id counts as a duplicate
+HEALTH_TTL_S = 60  # a worker that stops refreshing its health key disappears within a minute
+
+
+def status_key(request_id: str) -> str:
+    """Hash with the job's current state, kept `STATUS_TTL_S` after its last change."""
+    return f"digits:job:{request_id}"
+
+
+def idempotency_key(request_id: str) -> str:
+    """Idempotency marker (SET NX): a request_id delivered again is not run twice."""
+    return f"digits:seen:{request_id}"
+
+
+def worker_health_key(consumer: str) -> str:
+    """A worker's health line (counters, current job), refreshed with a `HEALTH_TTL_S` expiry."""
+    return f"digits:worker:{consumer}:health"

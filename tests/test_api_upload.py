@@ -1,0 +1,168 @@
+"""`POST /v1/admin/models/upload` through HTTP: only checked artifacts are stored, atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from conftest import Serve
+from handwriting_ai.inference.store import MANIFEST_FILE, METRICS_FILE, MODEL_FILE, list_versions
+from helpers import (
+    Artifact,
+    Client,
+    assert_error,
+    make_settings,
+    state_of,
+    tiny_module,
+    write_artifact,
+)
+
+KEY = "s3cret-key"
+Edit = Callable[[dict[str, object]], None]
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Artifact:
+    """A real artifact written by the test helpers, in a folder the server does not serve."""
+    return write_artifact(tmp_path / "elsewhere", "tiny_new", seed=3, version="20260101T000000Z")
+
+
+@pytest.fixture
+def admin(serve: Serve, model_dir: Path) -> Client:
+    return serve(make_settings(model_dir, ["tiny_new"], {"SECURITY__API_KEY": KEY}))
+
+
+def upload(
+    client: Client,
+    art: Artifact,
+    *,
+    model_id: str | None = None,
+    key: str | None = KEY,
+    manifest: bytes | None = None,
+    model: bytes | None = None,
+    metrics: bytes | None = None,
+    skip: str | None = None,
+) -> httpx.Response:
+    parts = {
+        "model": (
+            "model.pt",
+            model if model is not None else (art.directory / MODEL_FILE).read_bytes(),
+        ),
+        "manifest": (
+            "manifest.json",
+            manifest if manifest is not None else (art.directory / MANIFEST_FILE).read_bytes(),
+        ),
+        "metrics": (
+            "metrics.json",
+            metrics if metrics is not None else (art.directory / METRICS_FILE).read_bytes(),
+        ),
+    }
+    files = {
+        k: (name, data, "application/octet-stream")
+        for k, (name, data) in parts.items()
+        if k != skip
+    }
+    headers = {"X-Api-Key": key} if key is not None else {}
+    return client.post(
+        "/v1/admin/models/upload",
+        files=files,
+        data={"model_id": model_id or art.model_id},
+        headers=headers,
+    )
+
+
+def edited_manifest(art: Artifact, edit: Edit) -> bytes:
+    data = json.loads((art.directory / MANIFEST_FILE).read_text())
+    assert isinstance(data, dict)
+    edit(data)
+    return json.dumps(data).encode()
+
+
+def test_a_checked_artifact_is_stored_and_a_retry_is_harmless(
+    admin: Client, source: Artifact, model_dir: Path
+) -> None:
+    first = upload(admin, source)
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert body["model_id"] == "tiny_new"
+    assert body["version"] == source.version
+    assert body["created"] is True
+    assert body["model_bytes"] > 0
+    stored = model_dir / "tiny_new" / source.version
+    assert {p.name for p in stored.iterdir()} == {MODEL_FILE, MANIFEST_FILE, METRICS_FILE}
+    assert torch.load(stored / MODEL_FILE, weights_only=True).keys() == source.state.keys()
+    assert not [p for p in (model_dir / "tiny_new").iterdir() if p.name.startswith(".upload-")]
+
+    again = upload(admin, source)
+    assert again.status_code == 201
+    assert again.json()["created"] is False
+    assert list_versions(model_dir, "tiny_new") == [source.version]
+
+
+def test_same_version_with_other_weights_is_a_conflict(admin: Client, source: Artifact) -> None:
+    assert upload(admin, source).status_code == 201
+    buf = io.BytesIO()
+    torch.save(state_of(tiny_module(seed=99)), buf)
+    assert_error(upload(admin, source, model=buf.getvalue()), 409, "conflict")
+
+
+def test_uploads_need_the_key(serve: Serve, model_dir: Path, source: Artifact) -> None:
+    open_api = serve(make_settings(model_dir, ["tiny_new"]))
+    assert_error(upload(open_api, source), 403, "forbidden")
+    keyed = serve(make_settings(model_dir, ["tiny_new"], {"SECURITY__API_KEY": KEY}))
+    assert_error(upload(keyed, source, key=None), 401, "unauthorized")
+    assert_error(upload(keyed, source, key="wrong"), 401, "unauthorized")
+    assert list_versions(model_dir, "tiny_new") == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "code"),
+    [
+        (lambda m: m.update(schema_version="v1.0"), "invalid_manifest"),
+        (lambda m: m.update(preprocess_hash="0000000000000000"), "invalid_manifest"),
+        (lambda m: m.pop("val_acc"), "invalid_manifest"),
+        (lambda m: m.update(arch="alexnet"), "unknown_arch"),
+        (lambda m: m.update(version="../../etc"), "invalid_manifest"),
+    ],
+)
+def test_bad_manifests_are_refused(
+    admin: Client, source: Artifact, model_dir: Path, edit: Edit, code: str
+) -> None:
+    body = assert_error(upload(admin, source, manifest=edited_manifest(source, edit)), 400, code)
+    assert body.message
+    assert not (model_dir / "tiny_new").exists() or list_versions(model_dir, "tiny_new") == []
+
+
+def test_model_id_must_match_the_form_and_be_safe(admin: Client, source: Artifact) -> None:
+    assert_error(upload(admin, source, model_id="tiny_other"), 400, "model_id_mismatch")
+    assert_error(upload(admin, source, model_id="../escape"), 400, "invalid_model_id")
+
+
+def test_weights_that_do_not_fit_or_are_not_data_are_refused(
+    admin: Client, source: Artifact
+) -> None:
+    buf = io.BytesIO()
+    torch.save(state_of(tiny_module(seed=1, arch="digitnet")), buf)  # another arch's weights
+    assert_error(upload(admin, source, model=buf.getvalue()), 400, "invalid_weights")
+    assert_error(upload(admin, source, model=b"not a torch file"), 400, "invalid_weights")
+
+    class Payload:
+        def __reduce__(self) -> tuple[Callable[[str], None], tuple[str]]:
+            return (print, ("pickled code must never run",))
+
+    evil = io.BytesIO()
+    torch.save({"x": Payload()}, evil)
+    assert_error(upload(admin, source, model=evil.getvalue()), 400, "invalid_weights")
+
+
+def test_metrics_and_parts_are_checked(admin: Client, source: Artifact) -> None:
+    assert_error(upload(admin, source, metrics=b"[1, 2"), 400, "invalid_metrics")
+    assert_error(upload(admin, source, metrics=b"[1, 2]"), 400, "invalid_metrics")
+    assert_error(upload(admin, source, metrics=b" " * (1024 * 1024 + 1)), 413, "too_large")
+    assert_error(upload(admin, source, skip="manifest"), 422, "malformed_form")
