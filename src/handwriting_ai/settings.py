@@ -109,12 +109,61 @@ class EventsSettings:
     maxlen: int = 10_000
 
 
+def _seconds_list(value: object) -> tuple[float, ...]:
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+    elif isinstance(value, list | tuple):
+        parts = [str(p) for p in value]
+    else:
+        raise ValueError(f"expected comma-separated seconds, got {value!r}")
+    try:
+        seconds = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"expected comma-separated seconds, got {value!r}") from None
+    if any(s < 0 for s in seconds):
+        raise ValueError(f"expected non-negative seconds, got {value!r}")
+    return seconds
+
+
+@frozen
+class StreamsSettings:
+    """Redis Streams behaviour; key names themselves are fixed in `streams/keys.py`."""
+
+    result_ttl_s: int = 86_400
+    failure_ttl_s: int = 604_800
+    retry_max: int = 2
+    retry_intervals_s: tuple[float, ...] = field(default=(60.0, 300.0), converter=_seconds_list)
+    job_timeout_s: int = 25_200
+    claim_min_idle_s: float = 15.0
+    heartbeat_interval_s: float = 5.0
+    reclaim_interval_s: float = 3.0
+    block_ms: int = 2_000
+    max_deliveries: int = 5
+    jobs_maxlen: int = 10_000
+    shutdown_grace_s: float = 30.0
+
+
+def _seconds_list_hook(value: object, _: object) -> tuple[float, ...]:
+    return _seconds_list(value)
+
+
+converter.register_structure_hook(
+    StreamsSettings,
+    make_dict_structure_fn(
+        StreamsSettings,
+        converter,
+        retry_intervals_s=override(struct_hook=_seconds_list_hook),
+    ),
+)
+
+
 @frozen
 class Settings:
     app: AppSettings = AppSettings()
     digits: DigitsSettings = DigitsSettings()
     security: SecuritySettings = SecuritySettings()
     events: EventsSettings = EventsSettings()
+    streams: StreamsSettings = StreamsSettings()
     redis_url: str | None = None
     handwriting_api_url: str = "http://127.0.0.1:8081"
     handwriting_api_key: str = ""
@@ -124,7 +173,7 @@ class Settings:
         return self.digits.model_dir or self.app.data_root / "models"
 
 
-_SECTIONS = ("app", "digits", "security", "events")
+_SECTIONS = ("app", "digits", "security", "events", "streams")
 _FLAT = ("redis_url", "handwriting_api_url", "handwriting_api_key")
 
 

@@ -22,6 +22,15 @@ def status_key(request_id: str) -> str:
     return f"digits:job:{request_id}"
 
 
+def job_events_key(request_id: str) -> str:
+    """The job's own copy of its events: SSE replays a job from its start without scanning the
+    shared stream, and the copy expires with the job's status."""
+    return f"digits:events:job:{request_id}"
+
+
+RETRY_ZSET = "digits:train:retry"  # system failures waiting for their backoff; score = due, ms
+
+
 def idempotency_key(request_id: str) -> str:
     """Idempotency marker (SET NX): a request_id delivered again is not run twice."""
     return f"digits:seen:{request_id}"
