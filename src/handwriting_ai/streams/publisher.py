@@ -34,7 +34,7 @@ class EventPublisher:
         self.dropped = 0
 
     async def _store(self, event: TrainEvent) -> None:
-        fields: dict[FieldT, EncodableT] = dict(encode_event(event))
+        fields: dict[FieldT, EncodableT] = {k: v for k, v in encode_event(event).items()}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(EVENTS_STREAM, fields, maxlen=self.maxlen, approximate=True)
             key = job_events_key(event.request_id)
