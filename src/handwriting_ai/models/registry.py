@@ -39,3 +39,13 @@ def create_model(name: str) -> nn.Module:
     except KeyError:
         raise UnknownArchError(name) from None
     return builder()
+
+
+def arch_for_model_id(model_id: str) -> str:
+    """Model ids are named `<dataset>_<arch>_<tag>` (`mnist_digitnet_v1`): the job names no arch,
+    so the id carries it. The longest registered arch found between underscores wins."""
+    padded = f"_{model_id}_"
+    for name in sorted(_REGISTRY, key=len, reverse=True):
+        if f"_{name}_" in padded:
+            return name
+    raise UnknownArchError(model_id)
