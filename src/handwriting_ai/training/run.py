@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from attrs import frozen
 
+from handwriting_ai.contracts.jobs import MAX_BATCH_SIZE, MAX_EPOCHS
 from handwriting_ai.data.mnist import DataMissingError
 from handwriting_ai.inference.manifest import SCHEMA_VERSION, Manifest
 from handwriting_ai.inference.store import check_id
@@ -39,8 +40,6 @@ from handwriting_ai.training.progress import (
 )
 
 log = get_logger(__name__)
-MAX_EPOCHS = 500
-MAX_BATCH = 8192
 
 
 class InvalidTrainConfigError(ValueError):
@@ -65,9 +64,9 @@ def validate(cfg: TrainConfig) -> None:
     problems = []
     if not 1 <= cfg.epochs <= MAX_EPOCHS:
         problems.append(f"epochs must be within 1..{MAX_EPOCHS}, got {cfg.epochs}")
-    if not 0 <= cfg.batch_size <= MAX_BATCH:
+    if not 0 <= cfg.batch_size <= MAX_BATCH_SIZE:
         problems.append(
-            f"batch_size must be within 0..{MAX_BATCH} (0 = auto), got {cfg.batch_size}"
+            f"batch_size must be within 0..{MAX_BATCH_SIZE} (0 = auto), got {cfg.batch_size}"
         )
     if not 0 < cfg.lr <= 1:
         problems.append(f"lr must be within (0, 1], got {cfg.lr}")
