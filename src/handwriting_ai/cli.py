@@ -86,6 +86,20 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return schemas_main([*forwarded, "--dir", str(args.dir)])
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from handwriting_ai.worker import run_worker
+
+    settings = _settings(args)
+    return run_worker(settings, concurrency=args.concurrency, burst=args.burst)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from handwriting_ai.watch import main as watch_main
+
+    forwarded = [args.request_id, "--timeout-s", str(args.timeout_s)]
+    return watch_main(forwarded)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digits", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file (env wins)")
@@ -120,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--check", action="store_true", help="exit 1 if the files drifted")
     sc.add_argument("--dir", type=Path, default=Path("streams"))
     sc.set_defaults(func=cmd_schemas)
+
+    w = sub.add_parser("worker", help="train jobs from the digits:train stream (consumer group)")
+    w.add_argument("--concurrency", type=int, default=1, help="training slots (subprocesses)")
+    w.add_argument("--burst", action="store_true", help="drain the stream, then exit")
+    w.set_defaults(func=cmd_worker)
+
+    wa = sub.add_parser("watch", help="follow a training job's progress until it ends")
+    wa.add_argument("request_id")
+    wa.add_argument("--timeout-s", type=float, default=0.0, help="0 = no limit")
+    wa.set_defaults(func=cmd_watch)
     return parser
 
 

@@ -1,30 +1,42 @@
-"""`create_app(settings, *, engine=None)`: the Litestar application, its outside parts passed in."""
+"""`create_app(settings, *, engine=None, redis=None)`: the Litestar app, outside parts passed in."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 
 import cv2
 import torch
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from handwriting_ai.api.admin import upload_model
 from handwriting_ai.api.errors import EXCEPTION_HANDLERS
 from handwriting_ai.api.health import active_models, healthz, package_version, readyz, version_info
 from handwriting_ai.api.read import read
 from handwriting_ai.api.request_id import RequestIdMiddleware
-from handwriting_ai.api.state import AppState
+from handwriting_ai.api.state import AppState, connect_redis
+from handwriting_ai.api.train import cancel_train, submit_train, train_events, train_status
+from handwriting_ai.contracts.events import TrainCompleted
+from handwriting_ai.errors import AppError
 from handwriting_ai.inference.engine import EngineHolder, load_ensemble
+from handwriting_ai.inference.reload import apply_completed
 from handwriting_ai.inference.store import bundled_model_dir, seed_models
 from handwriting_ai.logging import get_logger
 from handwriting_ai.preprocessing import preprocess_hash
 from handwriting_ai.settings import Settings
+from handwriting_ai.streams.reload_consumer import ReloadConsumer
 
 log = get_logger("handwriting_ai.api")
 _FORM_OVERHEAD_BYTES = 64 * 1024
+RELOAD_TIMEOUT_S = 300.0
+PRIME_TIMEOUT_S = 3.0
 
 
 def _load(settings: Settings) -> EngineHolder:
@@ -47,8 +59,47 @@ def _load(settings: Settings) -> EngineHolder:
     return EngineHolder(ensemble)
 
 
-def create_app(settings: Settings, *, engine: EngineHolder | None = None) -> Litestar:
-    state = AppState(settings=settings, engine=engine or EngineHolder())
+def _reloader(state: AppState) -> ReloadConsumer | None:
+    if state.redis is None:
+        return None
+    settings = state.settings
+
+    async def on_completed(event: TrainCompleted) -> None:
+        if event.model_id not in settings.digits.active_model or event.version is None:
+            return
+        work = partial(
+            apply_completed,
+            state.engine,
+            model_dir=settings.model_dir,
+            active_models=settings.digits.active_model,
+            model_id=event.model_id,
+            version=event.version,
+            tolerance=settings.digits.promotion_tolerance,
+            expected_hash=preprocess_hash(),
+            temperature_override=settings.digits.ensemble_temperature_override,
+        )
+        try:
+            await state.run(work, timeout_s=RELOAD_TIMEOUT_S)
+        except AppError as exc:
+            log.error("model_reload_failed", model_id=event.model_id, reason=exc.message)
+
+    return ReloadConsumer(state.redis, on_completed)
+
+
+async def _start_reloader(consumer: ReloadConsumer) -> asyncio.Task[None]:
+    # Pin the start before serving, so an event published right after start-up is not missed;
+    # with Redis down the consumer pins it itself once Redis answers.
+    try:
+        await asyncio.wait_for(consumer.prime(), PRIME_TIMEOUT_S)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("reload_consumer_waiting", error=str(exc))
+    return asyncio.create_task(consumer.run(), name="reload-consumer")
+
+
+def create_app(
+    settings: Settings, *, engine: EngineHolder | None = None, redis: Redis | None = None
+) -> Litestar:
+    state = AppState(settings=settings, engine=engine or EngineHolder(), redis=redis)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -57,24 +108,50 @@ def create_app(settings: Settings, *, engine: EngineHolder | None = None) -> Lit
         cv2.setNumThreads(1)
         threads = settings.app.executor_threads
         state.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read")
+        own_redis = redis is None and settings.redis_url is not None
+        if own_redis and settings.redis_url is not None:
+            state.redis = connect_redis(settings.redis_url)
+        reload_task: asyncio.Task[None] | None = None
         try:
             if engine is None:
                 loaded = await state.run(lambda: _load(settings), timeout_s=600)
                 state.engine.swap(loaded.ensemble)
+            consumer = _reloader(state)
+            if consumer is not None:
+                reload_task = await _start_reloader(consumer)
             ensemble = state.engine.ensemble
             log.info(
                 "api_started",
                 threads=threads,
                 model_id=None if ensemble is None else ensemble.model_id,
                 preprocess_hash=preprocess_hash(),
+                redis=state.redis is not None,
             )
             yield
         finally:
+            if reload_task is not None:
+                reload_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reload_task
+            if own_redis and state.redis is not None:
+                await state.redis.aclose()
+                state.redis = None
             state.executor.shutdown(wait=False, cancel_futures=True)
             state.executor = None
 
     app = Litestar(
-        route_handlers=[read, healthz, readyz, version_info, active_models, upload_model],
+        route_handlers=[
+            read,
+            healthz,
+            readyz,
+            version_info,
+            active_models,
+            upload_model,
+            submit_train,
+            train_status,
+            train_events,
+            cancel_train,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         request_max_body_size=int(settings.digits.max_image_mb * 1024 * 1024)

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
 
-from handwriting_ai.api.schemas import ActiveModels, MemberInfo, Readiness, VersionInfo
+from handwriting_ai.api.schemas import (
+    ActiveModels,
+    MemberInfo,
+    ModelVersions,
+    Readiness,
+    StoredVersion,
+    VersionInfo,
+)
 from handwriting_ai.api.security import require_api_key
 from handwriting_ai.api.state import AppState
 from handwriting_ai.inference.manifest import SCHEMA_VERSION
+from handwriting_ai.inference.store import (
+    MANIFEST_FILE,
+    current_version,
+    list_versions,
+    version_dir,
+)
 from handwriting_ai.preprocessing import preprocess_hash
 
 
@@ -19,6 +34,42 @@ def package_version() -> str:
         return version("handwriting-ai")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def _stored_version(
+    model_dir: Path, model_id: str, name: str, current: str | None
+) -> StoredVersion:
+    """Read leniently: a broken candidate is still listed, with what its manifest shows."""
+    try:
+        raw: object = json.loads(
+            (version_dir(model_dir, model_id, name) / MANIFEST_FILE).read_text()
+        )
+    except (OSError, ValueError):
+        raw = {}
+    data = raw if isinstance(raw, dict) else {}
+    val_acc, created_at = data.get("val_acc"), data.get("created_at")
+    return StoredVersion(
+        version=name,
+        val_acc=float(val_acc) if isinstance(val_acc, int | float) else None,
+        created_at=created_at if isinstance(created_at, str) else None,
+        role="current" if name == current else "candidate",
+    )
+
+
+def stored_models(
+    model_dir: Path, model_ids: tuple[str, ...], served: dict[str, str]
+) -> list[ModelVersions]:
+    """Blocking (disk): every stored version of each active model, oldest first."""
+    out = []
+    for model_id in model_ids:
+        try:
+            current = current_version(model_dir, model_id)
+            names = list_versions(model_dir, model_id)
+        except (OSError, ValueError):
+            current, names = None, []
+        versions = [_stored_version(model_dir, model_id, n, current) for n in names]
+        out.append(ModelVersions(model_id, served.get(model_id), versions))
+    return out
 
 
 @get("/healthz", summary="The process is up")
@@ -68,6 +119,12 @@ async def active_models(request: Request[object, object, State]) -> ActiveModels
             for m in ensemble.members
         ]
     )
+    served = {m.manifest.model_id: m.path.name for m in ensemble.members} if ensemble else {}
+    settings = state.settings
+    models = await state.run(
+        lambda: stored_models(settings.model_dir, settings.digits.active_model, served),
+        timeout_s=10,
+    )
     return ActiveModels(
         model_loaded=ensemble is not None,
         model_id=None if ensemble is None else ensemble.model_id,
@@ -76,4 +133,5 @@ async def active_models(request: Request[object, object, State]) -> ActiveModels
         tta_profile=state.settings.digits.tta_profile,
         preprocess_hash=preprocess_hash(),
         members=members,
+        models=models,
     )

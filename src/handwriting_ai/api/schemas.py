@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attrs import frozen
+from attrs import Factory, frozen
 
 
 @frozen
@@ -37,6 +37,23 @@ class MemberInfo:
 
 
 @frozen
+class StoredVersion:
+    """One stored version; `role` is `current` (what CURRENT names) or `candidate`."""
+
+    version: str
+    val_acc: float | None
+    created_at: str | None
+    role: str
+
+
+@frozen
+class ModelVersions:
+    model_id: str
+    served_version: str | None
+    versions: list[StoredVersion]
+
+
+@frozen
 class ActiveModels:
     model_loaded: bool
     model_id: str | None
@@ -45,6 +62,7 @@ class ActiveModels:
     tta_profile: str
     preprocess_hash: str
     members: list[MemberInfo]
+    models: list[ModelVersions] = Factory(list)
 
 
 @frozen

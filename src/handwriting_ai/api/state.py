@@ -1,4 +1,4 @@
-"""What the handlers share, held on `app.state`: settings, the engine and the bounded executor."""
+"""What the handlers share, on `app.state`: settings, engine, bounded executor, Redis client."""
 
 from __future__ import annotations
 
@@ -10,13 +10,31 @@ from typing import TypeVar
 
 from attrs import define
 from litestar.datastructures import State
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from handwriting_ai.errors import PredictTimeoutError
+from handwriting_ai.errors import PredictTimeoutError, QueueUnavailableError
 from handwriting_ai.inference.engine import EngineHolder
 from handwriting_ai.settings import Settings
 
 T = TypeVar("T")
 _KEY = "handwriting_ai"
+# Short, so that a dead Redis answers 503 quickly; blocking reads block for less than this.
+REDIS_SOCKET_TIMEOUT_S = 5.0
+REDIS_CONNECT_TIMEOUT_S = 2.0
+
+
+def connect_redis(url: str) -> Redis:
+    """The API's client: str replies, short timeouts, no backoff (a dead Redis fails fast)."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 1),  # one immediate retry: a pooled socket may be stale
+        health_check_interval=30,
+    )
 
 
 @define
@@ -24,6 +42,13 @@ class AppState:
     settings: Settings
     engine: EngineHolder
     executor: ThreadPoolExecutor | None = None
+    redis: Redis | None = None
+
+    def queue(self) -> Redis:
+        """The Redis client, or 503 `queue_unavailable` when none is configured."""
+        if self.redis is None:
+            raise QueueUnavailableError("The training queue is not configured (set REDIS_URL).")
+        return self.redis
 
     @staticmethod
     def of(state: State) -> AppState:

@@ -39,3 +39,9 @@ def idempotency_key(request_id: str) -> str:
 def worker_health_key(consumer: str) -> str:
     """A worker's health line (counters, current job), refreshed with a `HEALTH_TTL_S` expiry."""
     return f"digits:worker:{consumer}:health"
+
+
+def job_lock_key(request_id: str) -> str:
+    """Which entry of a job is running now (`<consumer> <entry id>`), kept alive by the running
+    worker's heartbeat: a second entry with the same request_id does not train it twice."""
+    return f"digits:train:lock:{request_id}"

@@ -1,0 +1,237 @@
+"""Training over HTTP: queue a job, read its status, follow its events (SSE), cancel it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+from attrs import frozen
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.response import Stream
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from handwriting_ai.api.events_sse import event_stream
+from handwriting_ai.api.security import require_api_key
+from handwriting_ai.api.state import AppState
+from handwriting_ai.contracts.converter import ContractError
+from handwriting_ai.contracts.events import TrainFailed, now_iso
+from handwriting_ai.contracts.jobs import job_from_json
+from handwriting_ai.errors import AppError, ConflictError, NotFoundError, QueueUnavailableError
+from handwriting_ai.logging import get_logger
+from handwriting_ai.models import UnknownArchError, arch_for_model_id
+from handwriting_ai.streams.enqueue import enqueue_job
+from handwriting_ai.streams.follow import STREAM_ID, job_known
+from handwriting_ai.streams.keys import job_events_key, status_key
+from handwriting_ai.streams.publisher import EventPublisher
+from handwriting_ai.streams.status import JobStatus, read_status
+
+log = get_logger("handwriting_ai.train")
+CANCEL_PUBLISH_TIMEOUT_S = 5.0
+
+
+class InvalidJobError(AppError):
+    code, status_code = "invalid_job", 400
+
+
+@frozen
+class TrainAccepted:
+    request_id: str
+    entry_id: str
+    status: str
+    duplicate: bool
+    status_url: str
+    events_url: str
+
+
+@frozen
+class TrainStatus:
+    request_id: str
+    model_id: str
+    user_id: int
+    status: str
+    attempts: int
+    progress: dict[str, object]
+    result: dict[str, object]
+    error_kind: str
+    message: str
+    created_at: str
+    updated_at: str
+    worker: str
+    retry_at: str
+    cancel_requested: bool
+
+
+def status_body(status: JobStatus) -> TrainStatus:
+    return TrainStatus(
+        request_id=status.request_id,
+        model_id=status.model_id,
+        user_id=status.user_id,
+        status=status.status,
+        attempts=status.attempts,
+        progress=dict(status.progress),
+        result=dict(status.result),
+        error_kind=status.error_kind,
+        message=status.message,
+        created_at=status.created_at,
+        updated_at=status.updated_at,
+        worker=status.worker,
+        retry_at=status.retry_at,
+        cancel_requested=status.cancel_requested,
+    )
+
+
+@contextmanager
+def queue_errors() -> Iterator[None]:
+    """Redis down or slow is the queue being unavailable (503); inference is unaffected."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        log.warning("queue_unavailable", error=str(exc))
+        raise QueueUnavailableError("The training queue (Redis) is unreachable.") from None
+
+
+def _parse_body(raw: bytes) -> object:
+    try:
+        body: object = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidJobError(f"The body is not JSON: {exc}.") from None
+    return body
+
+
+@post(
+    "/v1/train",
+    status_code=202,
+    guards=[require_api_key],
+    summary="Queue a training job (digits.train.v1 fields as JSON); idempotent by request_id",
+)
+async def submit_train(request: Request[object, object, State]) -> TrainAccepted:
+    state = AppState.of(request.app.state)
+    try:
+        job = job_from_json(_parse_body(await request.body()), default_request_id=uuid.uuid4().hex)
+    except ContractError as exc:
+        raise InvalidJobError("; ".join(exc.errors)) from None
+    try:
+        arch_for_model_id(job.model_id)
+    except UnknownArchError as exc:
+        raise InvalidJobError(f"{exc} @ $.model_id") from None
+    redis = state.queue()
+    with queue_errors():
+        queued = await enqueue_job(redis, job, maxlen=state.settings.streams.jobs_maxlen)
+        existing = None if queued.created else await read_status(redis, job.request_id)
+    log.info(
+        "train_queued",
+        request_id=job.request_id,
+        model_id=job.model_id,
+        entry_id=queued.entry_id,
+        duplicate=not queued.created,
+    )
+    base = f"/v1/train/{job.request_id}"
+    return TrainAccepted(
+        request_id=job.request_id,
+        entry_id=queued.entry_id,
+        status="queued" if existing is None else existing.status,
+        duplicate=not queued.created,
+        status_url=base,
+        events_url=f"{base}/events",
+    )
+
+
+async def _status_or_404(redis: Redis, request_id: str) -> JobStatus:
+    status = await read_status(redis, request_id)
+    if status is None:
+        raise NotFoundError(f"No training job {request_id!r}.")
+    return status
+
+
+@get("/v1/train/{request_id:str}", summary="A training job's status")
+async def train_status(request: Request[object, object, State], request_id: str) -> TrainStatus:
+    redis = AppState.of(request.app.state).queue()
+    with queue_errors():
+        return status_body(await _status_or_404(redis, request_id))
+
+
+@get("/v1/train/{request_id:str}/events", summary="A training job's events as Server-Sent Events")
+async def train_events(request: Request[object, object, State], request_id: str) -> Stream:
+    """Replays the job from its first event (or after `Last-Event-ID`), then follows it live;
+    the stream ends after the final event."""
+    redis = AppState.of(request.app.state).queue()
+    with queue_errors():
+        if not await job_known(redis, request_id):
+            raise NotFoundError(f"No training job {request_id!r}.")
+    last = request.headers.get("last-event-id", "").strip()
+    after_id = last if STREAM_ID.match(last) else "0-0"
+    body: AsyncIterator[bytes] = event_stream(redis, request_id, after_id=after_id)
+    return Stream(
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# Atomic so that a worker taking the job at the same moment sees either `queued` or `cancelled`.
+_CANCEL = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return '' end
+if s == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancel_requested', '1', 'error_kind', 'user',
+    'message', 'cancelled by request', 'updated_at', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'retry_at')
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+elseif s == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'updated_at', ARGV[1])
+end
+return s
+"""
+
+
+@post(
+    "/v1/train/{request_id:str}/cancel",
+    status_code=202,
+    guards=[require_api_key],
+    summary="Cancel a queued job now, or ask a running one to stop between batches",
+)
+async def cancel_train(request: Request[object, object, State], request_id: str) -> TrainStatus:
+    state = AppState.of(request.app.state)
+    redis = state.queue()
+    ttl_s = state.settings.streams.failure_ttl_s
+    with queue_errors():
+        before = await redis.eval(
+            _CANCEL, 2, status_key(request_id), job_events_key(request_id), now_iso(), str(ttl_s)
+        )
+        if not isinstance(before, str) or not before:
+            raise NotFoundError(f"No training job {request_id!r}.")
+        status = await _status_or_404(redis, request_id)
+        if before not in ("queued", "running"):
+            raise ConflictError(f"Job {request_id!r} is already {before}.")
+        if before == "queued":
+            await _publish_cancelled(state, redis, status)
+    log.info("train_cancel", request_id=request_id, was=before, status=status.status)
+    return status_body(status)
+
+
+async def _publish_cancelled(state: AppState, redis: Redis, status: JobStatus) -> None:
+    """No worker owns a queued job, so the API publishes its final event: followers stop."""
+    publisher = EventPublisher(
+        redis, maxlen=state.settings.events.maxlen, job_ttl_s=state.settings.streams.failure_ttl_s
+    )
+    event = TrainFailed(
+        request_id=status.request_id,
+        user_id=status.user_id,
+        model_id=status.model_id,
+        ts=now_iso(),
+        error_kind="user",
+        message="cancelled by request",
+        attempt=max(1, status.attempts),
+        will_retry=False,
+    )
+    try:
+        await asyncio.wait_for(publisher.publish(event), CANCEL_PUBLISH_TIMEOUT_S)
+    except TimeoutError:
+        raise QueueUnavailableError("Cancelled; its final event could not be published.") from None

@@ -1,0 +1,145 @@
+"""Follow one stream from an id: read what is there, then block for new entries (SSE, `watch`).
+
+redis-py's XREAD reply is loosely typed and differs between RESP2 (a list of `[name, entries]`)
+and RESP3 (a dict); `xread_entries` narrows either into `(entry id, fields)` pairs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+from attrs import frozen
+from redis.asyncio import Redis
+
+from handwriting_ai.contracts.converter import ContractError
+from handwriting_ai.contracts.events import TrainEvent, decode_event, is_final
+from handwriting_ai.streams.keys import job_events_key, status_key
+from handwriting_ai.streams.status import read_status
+
+Entry = tuple[str, dict[str, str]]
+STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+READ_COUNT = 100
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected a string in a stream reply, got {value!r}")
+
+
+def _fields(raw: object) -> dict[str, str]:
+    if isinstance(raw, dict):
+        return {_text(k): _text(v) for k, v in raw.items()}
+    if isinstance(raw, list | tuple) and len(raw) % 2 == 0:
+        return {_text(k): _text(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
+    if raw is None:
+        return {}
+    raise ValueError(f"unexpected stream entry fields: {raw!r}")
+
+
+def entries_of(raw: object) -> list[Entry]:
+    """XRANGE-shaped entries: `[(id, fields), ...]`."""
+    if not isinstance(raw, list | tuple):
+        raise ValueError(f"unexpected stream entries: {raw!r}")
+    out: list[Entry] = []
+    for item in raw:
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise ValueError(f"unexpected stream entry: {item!r}")
+        out.append((_text(item[0]), _fields(item[1])))
+    return out
+
+
+def xread_entries(reply: object) -> list[Entry]:
+    """All entries of an XREAD reply (one or more streams), in reply order; nil → none."""
+    if reply is None:
+        return []
+    if isinstance(reply, dict):
+        return [e for entries in reply.values() for e in entries_of(_resp3_entries(entries))]
+    if not isinstance(reply, list | tuple):
+        raise ValueError(f"unexpected XREAD reply: {reply!r}")
+    out: list[Entry] = []
+    for stream in reply:
+        if not isinstance(stream, list | tuple) or len(stream) != 2:
+            raise ValueError(f"unexpected XREAD stream: {stream!r}")
+        out.extend(entries_of(stream[1]))
+    return out
+
+
+def _resp3_entries(raw: object) -> object:
+    # RESP3 may nest the entries one level deeper (`[[entries]]`) depending on the redis-py
+    # callback; unwrap that so both shapes read the same.
+    if isinstance(raw, list | tuple) and len(raw) == 1 and isinstance(raw[0], list | tuple):
+        inner = raw[0]
+        if inner and isinstance(inner[0], list | tuple):
+            return inner
+    return raw
+
+
+async def follow(
+    redis: Redis, key: str, *, after_id: str = "0-0", block_ms: int = 1000
+) -> AsyncIterator[Entry | None]:
+    """Entries of `key` after `after_id`, oldest first, forever; `None` after each idle block so
+    the caller can send a keep-alive, check the job's status or give up."""
+    last_id = after_id
+    while True:
+        reply: object = await redis.xread({key: last_id}, count=READ_COUNT, block=block_ms)
+        entries = xread_entries(reply)
+        if not entries:
+            yield None
+            continue
+        for entry in entries:
+            last_id = entry[0]
+            yield entry
+
+
+@frozen
+class JobEntry:
+    """One entry of a job's own event stream; `event` is None when the entry does not decode."""
+
+    entry_id: str
+    type: str
+    document: str
+    event: TrainEvent | None
+
+
+def job_entry(entry_id: str, fields: dict[str, str]) -> JobEntry:
+    try:
+        event: TrainEvent | None = decode_event(fields)
+    except ContractError:
+        event = None
+    return JobEntry(entry_id, fields.get("type", ""), fields.get("event", "{}"), event)
+
+
+async def job_known(redis: Redis, request_id: str) -> bool:
+    """A job exists while its status hash or its own event stream does."""
+    found = await redis.exists(status_key(request_id), job_events_key(request_id))
+    return isinstance(found, int) and found > 0
+
+
+async def follow_job(
+    redis: Redis, request_id: str, *, after_id: str = "0-0", block_ms: int = 1000
+) -> AsyncIterator[JobEntry | None]:
+    """The job's events from `after_id` until a final one; `None` on each idle block.
+
+    Also ends when the job's status has been final (or gone) for two idle blocks in a row with
+    no final event: a job that died without one must not keep a follower forever. Two, because
+    the worker writes the status and publishes the final event in separate steps.
+    """
+    idle_final = 0
+    key = job_events_key(request_id)
+    async for item in follow(redis, key, after_id=after_id, block_ms=block_ms):
+        if item is None:
+            status = await read_status(redis, request_id)
+            idle_final = idle_final + 1 if status is None or status.final else 0
+            if idle_final >= 2:
+                return
+            yield None
+            continue
+        idle_final = 0
+        entry = job_entry(*item)
+        yield entry
+        if entry.event is not None and is_final(entry.event):
+            return

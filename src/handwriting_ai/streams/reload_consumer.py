@@ -1,0 +1,94 @@
+"""The API's reload consumer: follow `digits:events` and hand each `completed` event to a callback.
+
+Plain XREAD, no consumer group: every API replica must see every event, since each one serves
+its own copy of the model. It starts at the stream's newest entry (events from before the
+process started are already reflected by `CURRENT` on disk), survives Redis outages by backing
+off and reconnecting, and stops when its task is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from handwriting_ai.contracts.converter import ContractError
+from handwriting_ai.contracts.events import TrainCompleted, decode_event
+from handwriting_ai.logging import get_logger
+from handwriting_ai.streams.follow import entries_of, xread_entries
+from handwriting_ai.streams.keys import EVENTS_STREAM
+
+log = get_logger(__name__)
+OnCompleted = Callable[[TrainCompleted], Awaitable[None]]
+
+
+class ReloadConsumer:
+    def __init__(
+        self,
+        redis: Redis,
+        on_completed: OnCompleted,
+        *,
+        block_ms: int = 1000,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.redis = redis
+        self.on_completed = on_completed
+        self.block_ms = block_ms
+        self.max_backoff_s = max_backoff_s
+        self.last_id: str | None = None
+        self.handled = 0
+        self.errors = 0
+
+    def __repr__(self) -> str:
+        counts = f"handled={self.handled}, errors={self.errors}"
+        return f"ReloadConsumer(last_id={self.last_id}, {counts})"
+
+    async def prime(self) -> None:
+        """Pin the start to the newest entry now (XREAD `$` would only pin it at the first read,
+        and an event published in between would be missed)."""
+        newest = entries_of(await self.redis.xrevrange(EVENTS_STREAM, count=1))
+        self.last_id = newest[0][0] if newest else "0-0"
+
+    async def poll(self) -> int:
+        """One blocking read; returns how many `completed` events were handed on."""
+        if self.last_id is None:
+            await self.prime()
+        assert self.last_id is not None
+        reply: object = await self.redis.xread(
+            {EVENTS_STREAM: self.last_id}, count=100, block=self.block_ms
+        )
+        handled = 0
+        for entry_id, fields in xread_entries(reply):
+            self.last_id = entry_id
+            if fields.get("type") != "digits.train.completed.v1":
+                continue
+            try:
+                event = decode_event(fields)
+            except ContractError as exc:
+                log.warning("event_malformed", entry_id=entry_id, errors=exc.errors)
+                continue
+            if isinstance(event, TrainCompleted):
+                await self._hand_on(event)
+                handled += 1
+        return handled
+
+    async def _hand_on(self, event: TrainCompleted) -> None:
+        try:
+            await self.on_completed(event)
+        except Exception as exc:  # a bad reload must never stop the consumer or the app
+            log.exception("model_reload_failed", model_id=event.model_id, reason=str(exc))
+        self.handled += 1
+
+    async def run(self) -> None:
+        delay_s = 0.1
+        while True:
+            try:
+                await self.poll()
+                delay_s = 0.1
+            except (RedisError, OSError, ValueError) as exc:
+                self.errors += 1
+                log.warning("reload_consumer_error", error=str(exc), retry_in_s=delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(self.max_backoff_s, delay_s * 2)

@@ -1,0 +1,148 @@
+"""What runs inside a training subprocess: warm up, then train one job per request on the Pipe.
+
+The parent sends a `ChildJob`; the child answers with progress messages (the training reporter's
+own `BatchProgress`/`EpochProgress`/`BestProgress`) and ends each job with `ChildDone` or
+`ChildError`. Messages are small picklable attrs classes; nothing here touches Redis.
+"""
+
+from __future__ import annotations
+
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from attrs import frozen
+
+from handwriting_ai.training.progress import BatchProgress, BestProgress, EpochProgress
+
+
+@frozen
+class ChildReady:
+    pid: int
+
+
+@frozen
+class ChildJob:
+    model_id: str
+    arch: str
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    augment: bool
+    notes: str
+    threads: int
+    data_root: str
+    model_dir: str
+    batch_every: int
+
+
+@frozen
+class ChildDone:
+    run_id: str
+    version: str
+    directory: str
+    val_acc: float
+    test_acc: float | None
+    pruned_count: int
+
+
+@frozen
+class ChildError:
+    kind: Literal["user", "system", "cancelled"]
+    message: str
+
+
+ChildMessage = ChildReady | BatchProgress | EpochProgress | BestProgress | ChildDone | ChildError
+# The child's end of the Pipe sends messages and receives jobs (`None`: stop); the parent's is
+# the mirror image.
+if TYPE_CHECKING:  # typeshed's Connection is generic; the runtime class is not subscriptable
+    ChildConn = Connection[ChildMessage, ChildJob | None]
+    ParentConn = Connection[ChildJob | None, ChildMessage]
+
+
+class PipeReporter:
+    """The training reporter protocol, forwarding each message to the parent."""
+
+    def __init__(self, conn: ChildConn) -> None:
+        self.conn = conn
+
+    def on_batch(self, progress: BatchProgress) -> None:
+        self.conn.send(progress)
+
+    def on_epoch(self, progress: EpochProgress) -> None:
+        self.conn.send(progress)
+
+    def on_best(self, progress: BestProgress) -> None:
+        self.conn.send(progress)
+
+
+def _train(job: ChildJob, conn: ChildConn, cancel: Event) -> ChildDone | ChildError:
+    from handwriting_ai.data.mnist import DataMissingError
+    from handwriting_ai.training.config import AugmentConfig, TrainConfig
+    from handwriting_ai.training.loop import TrainingCancelledError
+    from handwriting_ai.training.run import InvalidTrainConfigError, run_training
+
+    cfg = TrainConfig(
+        model_id=job.model_id,
+        arch=job.arch,
+        epochs=job.epochs,
+        batch_size=job.batch_size,
+        lr=job.lr,
+        seed=job.seed,
+        augment=job.augment,
+        aug=AugmentConfig.robust() if job.augment else AugmentConfig(),
+        notes=job.notes,
+        threads=job.threads,
+    )
+    try:
+        result = run_training(
+            cfg,
+            data_root=Path(job.data_root),
+            model_dir=Path(job.model_dir),
+            reporter=PipeReporter(conn),
+            should_stop=cancel.is_set,
+            batch_every=job.batch_every,
+        )
+    except TrainingCancelledError:
+        return ChildError("cancelled", "cancelled by request")
+    except (InvalidTrainConfigError, DataMissingError) as exc:
+        return ChildError("user", str(exc))
+    except Exception as exc:  # noqa: BLE001 - anything else is ours: reported, then retried
+        return ChildError("system", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+    manifest = result.manifest
+    return ChildDone(
+        run_id=manifest.run_id or manifest.version,
+        version=manifest.version,
+        directory=str(result.directory),
+        val_acc=manifest.val_acc,
+        test_acc=manifest.test_acc,
+        pruned_count=len(result.pruned),
+    )
+
+
+def child_main(conn: ChildConn, cancel: Event, log_level: str, log_format: str) -> None:
+    """Entry point of a spawned slot process: it starts unconfigured, so logging is set up
+    again, and torch is imported before `ChildReady` so the first job pays no import."""
+    import os
+
+    from handwriting_ai.logging import configure_logging
+
+    configure_logging(log_level, log_format)
+    import torch
+
+    import handwriting_ai.training.run  # noqa: F401 - warm the import before the first job
+
+    torch.set_num_threads(1)
+    conn.send(ChildReady(os.getpid()))
+    while True:
+        try:
+            job: object = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        if not isinstance(job, ChildJob):
+            return  # `None` asks the child to stop
+        cancel.clear()
+        conn.send(_train(job, conn, cancel))

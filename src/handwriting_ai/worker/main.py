@@ -1,0 +1,29 @@
+"""`python -m handwriting_ai.worker [--concurrency N] [--burst]`: settings from the environment,
+logging configured, then one worker until SIGTERM (or until drained with `--burst`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+from handwriting_ai.logging import configure_logging
+from handwriting_ai.settings import load_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digits worker", description=__doc__)
+    parser.add_argument("--concurrency", type=int, default=1, help="training slots (processes)")
+    parser.add_argument("--burst", action="store_true", help="drain the stream, then exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.concurrency < 1:
+        raise SystemExit("digits worker: --concurrency must be at least 1")
+    settings = load_settings(dict(os.environ))
+    configure_logging(settings.app.log_level, settings.app.log_format)
+    from handwriting_ai.worker.consumer import run_worker
+
+    return run_worker(settings, concurrency=args.concurrency, burst=args.burst)

@@ -1,0 +1,323 @@
+"""Training over HTTP against a real Redis: queue, status, SSE replay and live, cancel, outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import httpx
+from redis.asyncio import Redis as AsyncRedis
+
+import stream_helpers
+from conftest import Serve
+from handwriting_ai.api.events_sse import event_stream
+from handwriting_ai.streams.keys import JOBS_STREAM, job_events_key
+from helpers import (
+    Artifact,
+    Client,
+    assert_error,
+    json_of,
+    make_settings,
+    png_bytes,
+    post_read,
+    seven,
+)
+from redis_server import RedisServer
+from stream_helpers import (
+    batch,
+    completed,
+    epoch,
+    failed,
+    publish,
+    set_status,
+    sse_frames,
+    started,
+    sync_redis,
+    xrange,
+)
+
+redis_server = stream_helpers.redis_server
+redis_url = stream_helpers.redis_url
+JOB = {"request_id": "job-1", "model_id": "mnist_digitnet_v1", "epochs": 2, "user_id": 9}
+
+
+def _serve(serve: Serve, model_dir: Path, url: str, extra: dict[str, str] | None = None) -> Client:
+    return serve(make_settings(model_dir, ["tiny_seven"], {"REDIS_URL": url, **(extra or {})}))
+
+
+def _body(response: httpx.Response) -> dict[str, object]:
+    body = json_of(response)
+    assert isinstance(body, dict), body
+    return {str(k): v for k, v in body.items()}
+
+
+def test_train_queues_a_job_with_flat_fields(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    response = client.post("/v1/train", json=JOB)
+    assert response.status_code == 202, response.text
+    body = _body(response)
+    entry_id = body["entry_id"]
+    assert body == {
+        "request_id": "job-1",
+        "entry_id": entry_id,
+        "status": "queued",
+        "duplicate": False,
+        "status_url": "/v1/train/job-1",
+        "events_url": "/v1/train/job-1/events",
+    }
+    entries = xrange(redis_url, JOBS_STREAM)
+    assert entries == [
+        (
+            entry_id,
+            {
+                "type": "digits.train.v1",
+                "request_id": "job-1",
+                "user_id": "9",
+                "model_id": "mnist_digitnet_v1",
+                "epochs": "2",
+                "batch_size": "0",
+                "lr": "0.003",
+                "seed": "42",
+                "augment": "true",
+                "notes": "",
+            },
+        )
+    ]
+
+
+def test_train_defaults_and_generated_request_id(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    body = _body(client.post("/v1/train", json={"model_id": "mnist_digitnet_v1"}))
+    request_id = body["request_id"]
+    assert isinstance(request_id, str)
+    assert len(request_id) == 32
+    ((_, fields),) = xrange(redis_url, JOBS_STREAM)
+    assert (fields["request_id"], fields["epochs"], fields["user_id"]) == (request_id, "1", "0")
+
+
+def test_train_duplicate_adds_nothing(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    first = _body(client.post("/v1/train", json=JOB))
+    again = client.post("/v1/train", json=JOB)
+    assert again.status_code == 202
+    assert _body(again) == {**first, "duplicate": True}
+    assert sync_redis(redis_url).xlen(JOBS_STREAM) == 1
+
+
+def test_train_refuses_invalid_jobs_readably(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    typo = assert_error(
+        client.post("/v1/train", json={"model_id": "mnist_digitnet_v1", "epoch": 3}),
+        400,
+        "invalid_job",
+    )
+    assert typo.message == (
+        "unknown field (known: augment, batch_size, epochs, lr, model_id, notes, request_id, "
+        "seed, type, user_id) @ $.epoch"
+    )
+    bad = assert_error(
+        client.post("/v1/train", json={"model_id": "mnist_digitnet_v1", "epochs": "abc"}),
+        400,
+        "invalid_job",
+    )
+    assert bad.message == "expected an integer, got 'abc' @ $.epochs"
+    arch = assert_error(
+        client.post("/v1/train", json={"model_id": "mnist_nosucharch_v1"}), 400, "invalid_job"
+    )
+    assert arch.message.startswith("unknown arch 'mnist_nosucharch_v1'; valid: ")
+    assert arch.message.endswith(" @ $.model_id")
+    not_json = assert_error(client.post("/v1/train", content=b"{nope"), 400, "invalid_job")
+    assert not_json.message.startswith("The body is not JSON")
+    assert sync_redis(redis_url).xlen(JOBS_STREAM) == 0
+
+
+def test_train_needs_the_api_key_when_configured(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url, {"SECURITY__API_KEY": "s3cret"})
+    assert_error(client.post("/v1/train", json=JOB), 401, "unauthorized")
+    ok = client.post("/v1/train", json=JOB, headers={"X-Api-Key": "s3cret"})
+    assert ok.status_code == 202
+    assert_error(client.post("/v1/train/job-1/cancel"), 401, "unauthorized")
+
+
+def test_train_without_redis_configured_is_503(client: Client) -> None:
+    assert_error(client.post("/v1/train", json=JOB), 503, "queue_unavailable")
+    assert_error(client.get("/v1/train/job-1"), 503, "queue_unavailable")
+
+
+def test_redis_down_is_503_while_reads_go_on(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str, redis_server: RedisServer
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    assert client.post("/v1/train", json=JOB).status_code == 202
+    redis_server.stop()
+    try:
+        assert_error(client.post("/v1/train", json=JOB), 503, "queue_unavailable")
+        assert_error(client.get("/v1/train/job-1"), 503, "queue_unavailable")
+        assert_error(client.get("/v1/train/job-1/events"), 503, "queue_unavailable")
+        read = post_read(client, png_bytes(seven()))
+        assert read.status_code == 200, read.text
+    finally:
+        redis_server.start()
+    again = client.post("/v1/train", json=JOB)  # the server came back empty: queued anew
+    assert again.status_code == 202, again.text
+    assert _body(again)["duplicate"] is False
+
+
+def test_status_unknown_then_reflects_updates(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    assert_error(client.get("/v1/train/nope"), 404, "not_found")
+    client.post("/v1/train", json=JOB)
+    queued = _body(client.get("/v1/train/job-1"))
+    assert (queued["status"], queued["attempts"], queued["model_id"]) == (
+        "queued",
+        0,
+        "mnist_digitnet_v1",
+    )
+
+    progress = json.dumps({"epoch": 1, "batch": 3})
+    fields: dict[str, str | int] = {
+        "status": "running",
+        "attempts": 1,
+        "worker": "w-1",
+        "progress": progress,
+    }
+    set_status(redis_url, "job-1", fields)
+    body = _body(client.get("/v1/train/job-1"))
+    assert body["status"] == "running"
+    assert body["attempts"] == 1
+    assert body["worker"] == "w-1"
+    assert body["progress"] == {"epoch": 1, "batch": 3}
+    assert set(body) == {
+        "request_id", "model_id", "user_id", "status", "attempts", "progress", "result",
+        "error_kind", "message", "created_at", "updated_at", "worker", "retry_at",
+        "cancel_requested",
+    }  # fmt: skip
+
+
+def test_events_replay_in_order_and_close_after_completed(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    client.post("/v1/train", json=JOB)
+    publish(redis_url, started("job-1"), batch("job-1", 1, 2), epoch("job-1", 1))
+    publish(redis_url, completed("job-1"))
+    response = client.get("/v1/train/job-1/events")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    frames = sse_frames(response.text)
+    assert [f.event for f in frames] == [
+        "digits.train.started.v1",
+        "digits.train.batch.v1",
+        "digits.train.epoch.v1",
+        "digits.train.completed.v1",
+    ]
+    ids = [e[0] for e in xrange(redis_url, job_events_key("job-1"))]
+    assert [f.id for f in frames] == ids
+    first = json.loads(frames[0].data)
+    assert (first["type"], first["request_id"], first["total_epochs"]) == (
+        "digits.train.started.v1",
+        "job-1",
+        2,
+    )
+    resumed = client.get("/v1/train/job-1/events", headers={"Last-Event-ID": ids[1]})
+    assert [f.id for f in sse_frames(resumed.text)] == ids[2:]
+
+
+def test_events_follow_live_until_final(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    client.post("/v1/train", json=JOB)
+    publish(redis_url, started("job-1"))
+    result: list[httpx.Response] = []
+    reader = threading.Thread(target=lambda: result.append(client.get("/v1/train/job-1/events")))
+    reader.start()
+    watcher = sync_redis(redis_url)
+
+    def blocked_readers() -> int:
+        return sum("b" in c.get("flags", "") for c in watcher.client_list())
+
+    # The reload consumer is one blocked reader; the SSE request is the second.
+    stream_helpers.wait_for(lambda: blocked_readers() >= 2, what="the SSE reader to block")
+    publish(redis_url, failed("job-1", will_retry=True), started("job-1"), failed("job-1"))
+    reader.join(timeout=10)
+    assert not reader.is_alive()
+    assert [f.event.split(".")[2] for f in sse_frames(result[0].text)] == [
+        "started", "failed", "started", "failed",
+    ]  # fmt: skip
+
+
+def test_events_unknown_job_is_404(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    assert_error(client.get("/v1/train/nope/events"), 404, "not_found")
+
+
+def test_cancel_queued_running_final_unknown(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    assert_error(client.post("/v1/train/nope/cancel"), 404, "not_found")
+    client.post("/v1/train", json=JOB)
+    response = client.post("/v1/train/job-1/cancel")
+    assert response.status_code == 202, response.text
+    body = _body(response)
+    assert (body["status"], body["cancel_requested"], body["message"]) == (
+        "cancelled",
+        True,
+        "cancelled by request",
+    )
+    r = sync_redis(redis_url)
+    assert 0 < r.ttl("digits:job:job-1") <= 604_800
+    ((_, fields),) = xrange(redis_url, job_events_key("job-1"))
+    event = json.loads(fields["event"])
+    assert (event["type"], event["error_kind"], event["message"], event["will_retry"]) == (
+        "digits.train.failed.v1",
+        "user",
+        "cancelled by request",
+        False,
+    )
+    assert [f.event for f in sse_frames(client.get("/v1/train/job-1/events").text)] == [
+        "digits.train.failed.v1"
+    ]
+    conflict = assert_error(client.post("/v1/train/job-1/cancel"), 409, "conflict")
+    assert conflict.message == "Job 'job-1' is already cancelled."
+
+    client.post("/v1/train", json={**JOB, "request_id": "job-2"})
+    r.hset("digits:job:job-2", "status", "running")
+    running = _body(client.post("/v1/train/job-2/cancel"))
+    assert (running["status"], running["cancel_requested"]) == ("running", True)
+    assert r.xlen(job_events_key("job-2")) == 0  # the worker publishes the final event
+
+
+def test_sse_keeps_alive_and_ends_when_the_job_ended_without_a_final_event(redis_url: str) -> None:
+    set_status(redis_url, "job-1", {"status": "dead"})
+    publish(redis_url, started("job-1"))
+
+    async def collect() -> list[bytes]:
+        client = AsyncRedis.from_url(redis_url, decode_responses=True)
+        try:
+            stream = event_stream(client, "job-1", keepalive_s=0.0, block_ms=50)
+            return [chunk async for chunk in stream]
+        finally:
+            await client.aclose()
+
+    chunks = asyncio.run(collect())
+    assert chunks[0] == b": connected\n\n"
+    assert chunks[1].startswith(b"event: digits.train.started.v1\ndata: {")
+    assert chunks[2:] == [b": keep-alive\n\n"]

@@ -1,0 +1,186 @@
+"""Worker test helpers: a live API over real HTTP (uvicorn in a thread), worker settings and
+processes, and readers for a job's status, events and dead letters. Nothing is mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+import uvicorn
+from attrs import frozen
+from redis.typing import EncodableT, FieldT
+
+from handwriting_ai.api.app import create_app
+from handwriting_ai.contracts.events import TrainEvent, decode_event
+from handwriting_ai.contracts.jobs import DeadLetter, dead_letter_from_fields
+from handwriting_ai.inference.store import list_versions
+from handwriting_ai.settings import Settings, load_settings
+from handwriting_ai.streams.keys import DEAD_STREAM, JOBS_STREAM, job_events_key, status_key
+from helpers import make_settings, write_artifact
+
+API_KEY = "worker-test-key"
+TINY_MODEL_ID = "mnist_digitnet_tiny_v1"
+SyncRedis = redis.Redis
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@frozen
+class LiveApi:
+    url: str
+    model_dir: Path
+
+    def versions(self, model_id: str = TINY_MODEL_ID) -> list[str]:
+        return list_versions(self.model_dir, model_id)
+
+
+@contextmanager
+def live_api(tmp_dir: Path) -> Iterator[LiveApi]:
+    """The real app (uploads enabled by an API key) served by uvicorn on a free port."""
+    model_dir = tmp_dir / "api-models"
+    model_dir.mkdir(parents=True)
+    write_artifact(model_dir, "tiny_seven", seed=1, prefer=7)
+    settings = make_settings(model_dir, ["tiny_seven"], {"SECURITY__API_KEY": API_KEY})
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout_s=30, what="the API to start")
+    try:
+        yield LiveApi(f"http://127.0.0.1:{port}", model_dir)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def worker_env(
+    redis_url: str, data_root: Path, work_dir: Path, api: LiveApi, **extra: str
+) -> dict[str, str]:
+    """Environment for a worker: real Redis, tiny data, its own artifacts folder, the live API."""
+    return {
+        "REDIS_URL": redis_url,
+        "APP__DATA_ROOT": str(data_root),
+        "APP__ARTIFACTS_ROOT": str(work_dir / "artifacts"),
+        "APP__LOG_LEVEL": "warning",
+        "HANDWRITING_API_URL": api.url,
+        "HANDWRITING_API_KEY": API_KEY,
+        "EVENTS__BATCH_EVERY": "5",
+        "APP__THREADS": "1",  # two workers share this machine's cores
+        **extra,
+    }
+
+
+def worker_settings(env: Mapping[str, str]) -> Settings:
+    return load_settings(dict(env))
+
+
+def start_worker_process(env: Mapping[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """`python -m handwriting_ai.worker` as its own process (so it can be SIGKILLed)."""
+    full_env = {**os.environ, **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "handwriting_ai.worker", *args],
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a kill of the group takes its training children too
+    )
+
+
+def kill_group(process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGKILL) -> None:
+    """Kill the worker and its children: a machine going away, not a polite stop."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        return
+    process.wait(10)
+
+
+def wait_until(
+    check: Callable[[], bool], *, timeout_s: float, what: str, every_s: float = 0.05
+) -> float:
+    """Poll `check` until true; the seconds it took. Fails the test after `timeout_s`."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(every_s)
+    return time.monotonic() - started
+
+
+def events(client: SyncRedis, request_id: str) -> list[TrainEvent]:
+    rows = client.xrange(job_events_key(request_id)) or []
+    return [decode_event({_s(k): _s(v) for k, v in (f or {}).items()}) for _, f in rows]
+
+
+def event_types(client: SyncRedis, request_id: str) -> list[str]:
+    return [
+        e.type.removeprefix("digits.train.").removesuffix(".v1") for e in events(client, request_id)
+    ]
+
+
+def status(client: SyncRedis, request_id: str) -> dict[str, str]:
+    raw = client.hgetall(status_key(request_id))
+    return {_s(k): _s(v) for k, v in raw.items()}
+
+
+def dead_letters(client: SyncRedis) -> list[DeadLetter]:
+    rows = client.xrange(DEAD_STREAM) or []
+    return [dead_letter_from_fields({_s(k): _s(v) for k, v in (f or {}).items()}) for _, f in rows]
+
+
+def entry_fields(letter: DeadLetter) -> dict[str, str]:
+    value: object = json.loads(letter.entry_fields)
+    assert isinstance(value, dict)
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def xadd(client: SyncRedis, fields: Mapping[str, str]) -> str:
+    """`redis-cli XADD digits:train '*' k v ...`: the entry id."""
+    flat: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
+    return _s(client.xadd(JOBS_STREAM, flat))
+
+
+def _s(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def wait_until_async(
+    check: Callable[[], bool], *, timeout_s: float, what: str, every_s: float = 0.05
+) -> float:
+    """`wait_until` for tests whose worker runs on the same event loop."""
+    import asyncio
+
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(every_s)
+    return time.monotonic() - started
+
+
+def consumer_of(process: subprocess.Popen[bytes]) -> str:
+    """The consumer name a worker process uses: `<host>-<pid>`."""
+    return f"{socket.gethostname()}-{process.pid}"
+
+
+def is_healthy(client: SyncRedis, consumer: str) -> bool:
+    return bool(client.exists(f"digits:worker:{consumer}:health"))
