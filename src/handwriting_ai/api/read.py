@@ -109,6 +109,7 @@ async def read(request: Request[object, object, State]) -> ReadResponse:
         digit=reading.digit,
         confidence=reading.confidence,
         model_id=reading.model_id,
+        compute_ms=reading.compute_ms,
         image_bytes=len(data),
         inverted=pre.inverted,
         deskew_deg=pre.deskew_deg,

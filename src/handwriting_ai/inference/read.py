@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import torch
 from attrs import frozen
@@ -29,6 +30,7 @@ class Reading:
     uncertain: bool
     visual_png_b64: str | None
     preprocessed: Preprocessed
+    compute_ms: float
 
 
 def read_digit(
@@ -43,6 +45,7 @@ def read_digit(
     visualize: bool,
     visualize_max_bytes: int = 16 * 1024,
 ) -> Reading:
+    started = time.perf_counter()
     gray = decode_image(data, limits, content_type)
     pre = preprocess_gray(gray, options)
     x = torch.from_numpy(pre.tensor).reshape(1, 1, 28, 28)
@@ -58,6 +61,7 @@ def read_digit(
         uncertain=confidence < uncertain_threshold,
         visual_png_b64=_png_b64(pre, visualize_max_bytes) if visualize else None,
         preprocessed=pre,
+        compute_ms=round((time.perf_counter() - started) * 1000, 2),
     )
 
 
