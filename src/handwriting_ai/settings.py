@@ -139,7 +139,9 @@ class StreamsSettings:
     reclaim_interval_s: float = 3.0
     block_ms: int = 2_000
     max_deliveries: int = 5
-    jobs_maxlen: int = 10_000
+    # A memory safety valve only: workers trim acknowledged entries with MINID, which never drops
+    # a pending or unread job; MAXLEN at XADD would, so the cap sits far above any real backlog.
+    jobs_maxlen: int = 1_000_000
     shutdown_grace_s: float = 30.0
 
 

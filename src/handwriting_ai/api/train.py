@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from attrs import frozen
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath
 from litestar.response import Stream
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -150,14 +151,18 @@ async def _status_or_404(redis: Redis, request_id: str) -> JobStatus:
 
 
 @get("/v1/train/{request_id:str}", summary="A training job's status")
-async def train_status(request: Request[object, object, State], request_id: str) -> TrainStatus:
+async def train_status(
+    request: Request[object, object, State], request_id: FromPath[str]
+) -> TrainStatus:
     redis = AppState.of(request.app.state).queue()
     with queue_errors():
         return status_body(await _status_or_404(redis, request_id))
 
 
-@get("/v1/train/{request_id:str}/events", summary="A training job's events as Server-Sent Events")
-async def train_events(request: Request[object, object, State], request_id: str) -> Stream:
+@get("/v1/train/{request_id:str}/events", summary="A training job's events (Server-Sent Events)")
+async def train_events(
+    request: Request[object, object, State], request_id: FromPath[str]
+) -> Stream:
     """Replays the job from its first event (or after `Last-Event-ID`), then follows it live;
     the stream ends after the final event."""
     redis = AppState.of(request.app.state).queue()
@@ -197,7 +202,9 @@ return s
     guards=[require_api_key],
     summary="Cancel a queued job now, or ask a running one to stop between batches",
 )
-async def cancel_train(request: Request[object, object, State], request_id: str) -> TrainStatus:
+async def cancel_train(
+    request: Request[object, object, State], request_id: FromPath[str]
+) -> TrainStatus:
     state = AppState.of(request.app.state)
     redis = state.queue()
     ttl_s = state.settings.streams.failure_ttl_s
