@@ -125,9 +125,10 @@ def test_sigterm_finishes_a_short_job_and_leaves_a_long_one_pending(
         workers.append(hasty)
         client.xadd(
             JOBS_STREAM,
-            {"model_id": model_id, "epochs": "30", "batch_size": "32", "request_id": "cut"},
+            {"model_id": model_id, "epochs": "120", "batch_size": "32", "request_id": "cut"},
         )
-        wait_until(lambda: "epoch" in event_types(client, "cut"), timeout_s=60, what="training")
+        # Long enough that it cannot end within the grace, whatever the machine's load.
+        wait_until(lambda: "batch" in event_types(client, "cut"), timeout_s=60, what="training")
         hasty.send_signal(signal.SIGTERM)
         assert hasty.wait(30) == 0
         assert status(client, "cut")["status"] == "running"
@@ -140,7 +141,7 @@ def test_sigterm_finishes_a_short_job_and_leaves_a_long_one_pending(
         )
         wait_until(
             lambda: status(client, "cut").get("status") == "completed",
-            timeout_s=60,
+            timeout_s=120,
             what="another worker to complete the job",
         )
         assert event_types(client, "cut").count("started") == 2
