@@ -34,6 +34,7 @@ from worker_support import (
 )
 
 pytestmark = pytest.mark.slow
+SCHEMAS = Path(__file__).resolve().parents[1] / "streams" / "schemas"
 
 
 @contextmanager
