@@ -121,6 +121,16 @@ def test_uploads_need_the_key(serve: Serve, model_dir: Path, source: Artifact) -
     assert list_versions(model_dir, "tiny_new") == []
 
 
+def test_an_admin_key_guards_uploads_while_reads_stay_open(
+    serve: Serve, model_dir: Path, source: Artifact
+) -> None:
+    client = serve(make_settings(model_dir, ["tiny_new"], {"SECURITY__ADMIN_KEY": KEY}))
+    assert client.get("/v1/models/active").status_code == 200  # no key needed to read
+    assert_error(upload(client, source, key=None), 401, "unauthorized")
+    assert upload(client, source).status_code == 201
+    assert list_versions(model_dir, "tiny_new") == [source.version]
+
+
 @pytest.mark.parametrize(
     ("edit", "code"),
     [

@@ -37,6 +37,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from handwriting_ai.supervisor import up
+
+    settings = _settings(args)
+    return up(
+        settings,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        redis_port=args.redis_port,
+        config=args.config,
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from handwriting_ai.data.mnist import DataMissingError
     from handwriting_ai.inference.store import set_current
@@ -105,14 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file (env wins)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for name, help_text in (
-        ("serve", "run the HTTP API"),
-        ("up", "run the service on this machine"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--host", default=None)
-        p.add_argument("--port", type=int, default=None)
-        p.set_defaults(func=cmd_serve)
+    s = sub.add_parser("serve", help="run the HTTP API")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.set_defaults(func=cmd_serve)
+
+    u = sub.add_parser("up", help="run everything on this machine: Redis, the API and workers")
+    u.add_argument("--host", default=None)
+    u.add_argument("--port", type=int, default=None)
+    u.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    u.add_argument(
+        "--redis-port", type=int, default=None, help="embedded Redis port (default: last or free)"
+    )
+    u.set_defaults(func=cmd_up)
 
     t = sub.add_parser("train", help="train one model locally (no Redis), with a progress bar")
     t.add_argument("--model-id", default="mnist_digitnet_v1")

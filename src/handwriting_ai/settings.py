@@ -100,6 +100,13 @@ converter.register_structure_hook(
 @frozen
 class SecuritySettings:
     api_key: str = ""
+    # Model uploads only; empty: `api_key`. Lets `digits up` protect uploads with a generated key
+    # while reads and training jobs stay open on loopback.
+    admin_key: str = ""
+
+    @property
+    def upload_key(self) -> str:
+        return self.admin_key or self.api_key
 
 
 @frozen

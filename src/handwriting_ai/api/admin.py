@@ -55,9 +55,12 @@ async def _part(form: dict[str, UploadFile | str], name: str, limit: int) -> byt
 )
 async def upload_model(request: Request[object, object, State]) -> UploadResponse:
     state = AppState.of(request.app.state)
-    configured = state.settings.security.api_key
+    configured = state.settings.security.upload_key
     if not configured:
-        raise ForbiddenError("Uploads are disabled: set SECURITY__API_KEY on the API and workers.")
+        raise ForbiddenError(
+            "Uploads are disabled: set SECURITY__ADMIN_KEY (or SECURITY__API_KEY) on the API"
+            " and the same value as HANDWRITING_API_KEY on the workers."
+        )
     if not key_matches(configured, request.headers.get("x-api-key")):
         raise UnauthorizedError("Missing or wrong X-Api-Key.")
     if request.content_type[0] != "multipart/form-data":

@@ -1,0 +1,235 @@
+"""Run child processes, restart the ones that die (with backoff), stop them all on a signal.
+
+Each child runs in its own process group (its own session), so Ctrl-C in the terminal reaches only
+the supervisor, which then decides the order: SIGTERM to every child's main process (a worker
+stops reading and leaves its unfinished jobs pending; uvicorn finishes its requests), a wait of
+at most `stop_timeout_s`, then SIGKILL to whatever is left of each child's process group. On
+Linux each child also gets SIGTERM if the supervisor itself dies (`PR_SET_PDEATHSIG`), so a
+`kill -9` of `digits up` leaves no orphans behind.
+
+The restart policy is two pure functions: `backoff_s` (exponential, capped) and
+`failures_after_exit` (a child that ran for `stable_s` starts again from the first delay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
+
+from attrs import define, field, frozen
+
+from handwriting_ai.logging import get_logger
+
+log = get_logger("handwriting_ai.supervisor")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1
+
+
+def backoff_s(failures: int, *, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+    """Delay before restarting a child that failed `failures` times in a row: `base_s`, then
+    doubled each time, never more than `cap_s`. `failures <= 0` means no delay."""
+    if failures <= 0:
+        return 0.0
+    return min(cap_s, base_s * 2.0 ** min(failures - 1, 32))
+
+
+def failures_after_exit(previous: int, uptime_s: float, *, stable_s: float = 30.0) -> int:
+    """The consecutive-failure count after an exit: a child that ran at least `stable_s` was
+    healthy, so its exit counts as the first failure; a quick death adds to the streak."""
+    return 1 if uptime_s >= stable_s else previous + 1
+
+
+@frozen
+class ChildSpec:
+    """What to run: `argv` with exactly the environment `env` (not merged with ours)."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(factory=dict)
+
+
+@define
+class Child:
+    spec: ChildSpec
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restarts: int = 0
+    restart_at: float | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies (Linux only; else a no-op)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session; its output goes where ours goes."""
+    return subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,  # the supervisor runs no other threads
+    )
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL what is left of a child's process group (its own training subprocesses)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+class Supervisor:
+    """Keeps `specs` running until `request_stop` (or a stop signal under `run`)."""
+
+    def __init__(
+        self,
+        specs: Sequence[ChildSpec],
+        *,
+        stop_timeout_s: float = 45.0,
+        base_backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        stable_s: float = 30.0,
+        poll_s: float = 0.1,
+        hooks: Sequence[Callable[[], None]] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.children = [Child(spec) for spec in specs]
+        self.stop_timeout_s = stop_timeout_s
+        self.base_backoff_s = base_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.stable_s = stable_s
+        self.poll_s = poll_s
+        self.hooks = list(hooks)
+        self.clock = clock
+        self.stop_signals = 0
+        self.stopping = False
+
+    def child(self, name: str) -> Child:
+        for child in self.children:
+            if child.spec.name == name:
+                return child
+        raise KeyError(name)
+
+    def _start(self, child: Child) -> None:
+        child.process = spawn(child.spec.argv, child.spec.env)
+        child.started_at = self.clock()
+        child.restart_at = None
+        log.info("child_started", child=child.spec.name, pid=child.process.pid)
+
+    def start(self) -> None:
+        for child in self.children:
+            self._start(child)
+
+    def _exited(self, child: Child, code: int, now: float) -> None:
+        assert child.process is not None
+        pid = child.process.pid
+        _kill_group(pid)
+        uptime = now - child.started_at
+        child.failures = failures_after_exit(child.failures, uptime, stable_s=self.stable_s)
+        delay = backoff_s(child.failures, base_s=self.base_backoff_s, cap_s=self.max_backoff_s)
+        child.process = None
+        child.restart_at = now + delay
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        log.error(
+            "child_exited",
+            child=child.spec.name,
+            pid=pid,
+            returncode=code,
+            how=how,
+            uptime_s=round(uptime, 3),
+            failures=child.failures,
+            restart_in_s=delay,
+        )
+
+    def tick(self) -> None:
+        """One round: notice exits, restart children whose backoff has passed, run the hooks."""
+        now = self.clock()
+        for child in self.children:
+            if child.process is not None:
+                code = child.process.poll()
+                if code is not None and not self.stopping:
+                    self._exited(child, code, now)
+            if child.process is None and child.restart_at is not None and now >= child.restart_at:
+                if self.stopping:
+                    continue
+                child.restarts += 1
+                self._start(child)
+                log.warning(
+                    "child_restarted",
+                    child=child.spec.name,
+                    pid=child.pid,
+                    restarts=child.restarts,
+                    failures=child.failures,
+                )
+        for hook in self.hooks:
+            hook()
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Ask `run` to stop (safe from a signal handler); a second request kills at once."""
+        self.stop_signals += 1
+        self.stopping = True
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.request_stop(signum)
+
+    def shutdown(self) -> None:
+        """SIGTERM every child's main process, wait, then SIGKILL every child's process group."""
+        self.stopping = True
+        live = [c for c in self.children if c.process is not None and c.process.poll() is None]
+        for child in live:
+            assert child.process is not None
+            log.info("child_stopping", child=child.spec.name, pid=child.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+        requests_at_start = self.stop_signals
+        deadline = self.clock() + self.stop_timeout_s
+        while any(c.process is not None and c.process.poll() is None for c in live):
+            if self.clock() > deadline or self.stop_signals > max(requests_at_start, 1):
+                log.warning("children_killed", reason="did not stop in time or asked again")
+                break
+            time.sleep(0.05)
+        for child in self.children:
+            process, child.process = child.process, None
+            if process is None:
+                continue
+            _kill_group(process.pid)
+            code = process.wait()
+            log.info("child_stopped", child=child.spec.name, pid=process.pid, returncode=code)
+
+    def run(self, *, install_signals: bool = True) -> int:
+        """Start the children and supervise them until a stop signal; 0 after a clean stop."""
+        previous: dict[signal.Signals, Callable[[int, FrameType | None], object] | int | None] = {}
+        if install_signals:
+            for sig in STOP_SIGNALS:
+                previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            if not self.stopping:
+                self.start()
+            while not self.stopping:
+                self.tick()
+                time.sleep(self.poll_s)
+        finally:
+            self.shutdown()
+            for stop_signal, handler in previous.items():
+                signal.signal(stop_signal, handler)
+        return 0

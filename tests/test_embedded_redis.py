@@ -1,0 +1,87 @@
+"""The embedded Redis of `digits up`: a real redis-server with AOF in a temp data root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import redis
+
+from handwriting_ai.streams.keys import JOBS_STREAM
+from handwriting_ai.supervisor.embedded_redis import (
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    find_redis_server,
+    free_port,
+    pings,
+    server_args,
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_binary_is_found() -> None:
+    binary = find_redis_server()
+    assert binary.name == "redis-server"
+    assert binary.is_file()
+
+
+def test_server_args_persist_and_never_evict(tmp_path: Path) -> None:
+    args = server_args(6390, tmp_path)
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
+    assert pairs["--appendonly"] == "yes"
+    assert pairs["--appendfsync"] == "everysec"
+    assert pairs["--maxmemory-policy"] == "noeviction"
+    assert pairs["--bind"] == "127.0.0.1"
+    assert pairs["--dir"] == str(tmp_path)
+
+
+def test_a_queued_job_survives_a_restart(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "data" / "redis")
+    server.start()
+    first_pid = server.pid
+    assert first_pid is not None
+    port = server.port
+    try:
+        client = redis.Redis(port=port, decode_responses=True)
+        entry = client.xadd(JOBS_STREAM, {"model_id": "mnist_digitnet_tiny_v1", "epochs": "1"})
+        client.close()
+        assert server.stop() == 0  # SHUTDOWN: a clean exit, the AOF flushed
+        assert not _alive(first_pid)
+        assert not pings(port)
+        assert (tmp_path / "data" / "redis" / "port").read_text().strip() == str(port)
+
+        server.start()  # remembers and reuses the port
+        assert server.port == port
+        assert server.pid != first_pid
+        client = redis.Redis(port=port, decode_responses=True)
+        entries = client.xrange(JOBS_STREAM) or []
+        client.close()
+        assert [(e_id, fields) for e_id, fields in entries] == [
+            (entry, {"model_id": "mnist_digitnet_tiny_v1", "epochs": "1"})
+        ]
+    finally:
+        second_pid = server.pid
+        server.stop()
+    assert second_pid is not None
+    assert not _alive(second_pid)
+    assert any(p.name.startswith("appendonly") for p in (tmp_path / "data" / "redis").iterdir())
+
+
+def test_a_configured_port_in_use_is_an_error(tmp_path: Path) -> None:
+    first = EmbeddedRedis(tmp_path / "a", port=free_port())
+    first.start()
+    try:
+        second = EmbeddedRedis(tmp_path / "b", port=first.port)
+        with pytest.raises(EmbeddedRedisError, match="in use"):
+            second.start()
+    finally:
+        first.stop()
+    assert first.poll() is None  # stopped and forgotten

@@ -1,0 +1,322 @@
+"""The supervisor of `digits up`: the backoff policy with plain values, then real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from handwriting_ai.logging import configure_logging
+from handwriting_ai.streams.keys import JOBS_STREAM
+from handwriting_ai.supervisor import (
+    ChildSpec,
+    Supervisor,
+    backoff_s,
+    child_environment,
+    child_specs,
+    failures_after_exit,
+)
+from handwriting_ai.supervisor import local_url as local_url_of
+from helpers import png_bytes, seven
+
+SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)")
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert backoff_s(0) == 0.0
+    assert [backoff_s(n, base_s=0.5, cap_s=30.0) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert backoff_s(7, base_s=0.5, cap_s=30.0) == 30.0
+    assert backoff_s(10_000, base_s=0.5, cap_s=30.0) == 30.0
+
+
+def test_a_stable_child_starts_its_failure_count_again() -> None:
+    assert failures_after_exit(0, 0.2, stable_s=30.0) == 1
+    assert failures_after_exit(3, 0.2, stable_s=30.0) == 4
+    assert failures_after_exit(3, 45.0, stable_s=30.0) == 1
+
+
+def test_children_learn_where_redis_and_the_api_are(tmp_path: Path) -> None:
+    env = child_environment(
+        {"PATH": "/bin", "REDIS_URL": "redis://elsewhere"},
+        redis_url="redis://127.0.0.1:7000/0",
+        api_url="http://127.0.0.1:9000",
+        upload_key="k",
+        config=tmp_path / "c.toml",
+    )
+    assert env["REDIS_URL"] == "redis://127.0.0.1:7000/0"
+    assert env["SECURITY__ADMIN_KEY"] == env["HANDWRITING_API_KEY"] == "k"
+    assert "SECURITY__API_KEY" not in env  # reads stay as the operator configured them
+    assert env["HANDWRITING_API_URL"] == "http://127.0.0.1:9000"
+    assert env["HANDWRITING_AI_CONFIG"] == str((tmp_path / "c.toml").resolve())
+    assert env["PATH"] == "/bin"
+    specs = child_specs(env, host="0.0.0.0", port=9000, workers=2)
+    assert [s.name for s in specs] == ["api", "worker-1", "worker-2"]
+    assert specs[0].argv[1:] == (
+        "-m", "handwriting_ai.cli", "serve", "--host", "0.0.0.0", "--port", "9000"
+    )  # fmt: skip
+    assert specs[1].argv[1:] == ("-m", "handwriting_ai.worker")
+    assert local_url_of("0.0.0.0", 9000) == "http://127.0.0.1:9000"
+    assert local_url_of("::", 9000) == "http://[::1]:9000"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _until(condition: Callable[[], bool], timeout_s: float, tick: Callable[[], None]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        tick()
+        time.sleep(0.02)
+
+
+def test_a_killed_child_is_restarted_with_backoff_and_logged(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("info", "json")
+    sup = Supervisor(
+        [ChildSpec("api", SLEEPER, dict(os.environ)), ChildSpec("worker-1", SLEEPER, {})],
+        base_backoff_s=0.3,
+        stop_timeout_s=5.0,
+    )
+    sup.start()
+    try:
+        worker = sup.child("worker-1")
+        first = worker.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        killed_at = time.monotonic()
+        _until(lambda: worker.restarts == 1 and worker.running, 5.0, sup.tick)
+        assert time.monotonic() - killed_at >= 0.3  # waited for the backoff
+        assert worker.pid != first
+        assert worker.failures == 1
+        assert sup.child("api").restarts == 0
+        # a second quick death doubles the delay
+        os.kill(worker.pid or 0, signal.SIGKILL)
+        _until(lambda: worker.restart_at is not None, 5.0, sup.tick)
+        assert worker.failures == 2
+        _until(lambda: worker.restarts == 2 and worker.running, 5.0, sup.tick)
+    finally:
+        pids = [c.pid for c in sup.children]
+        sup.shutdown()
+    assert all(pid is not None and not _alive(pid) for pid in pids)
+    logged = capsys.readouterr().err
+    exited = [json.loads(line) for line in logged.splitlines() if '"child_exited"' in line]
+    assert [e["child"] for e in exited] == ["worker-1", "worker-1"]
+    assert exited[0]["returncode"] == -signal.SIGKILL
+    assert [e["restart_in_s"] for e in exited] == [0.3, 0.6]
+    assert logged.count('"child_restarted"') == 2
+
+
+def test_shutdown_kills_a_child_that_ignores_sigterm() -> None:
+    stubborn = (
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)",
+    )
+    sup = Supervisor([ChildSpec("stubborn", stubborn, {})], stop_timeout_s=0.5)
+    sup.start()
+    pid = sup.child("stubborn").pid
+    assert pid is not None
+    time.sleep(0.3)  # let it install its handler
+    started = time.monotonic()
+    sup.shutdown()
+    assert 0.5 <= time.monotonic() - started < 5.0
+    assert not _alive(pid)
+
+
+def test_run_stops_on_sigterm_from_another_process(tmp_path: Path) -> None:
+    """`run` in a real process: SIGTERM to the supervisor stops its children, exit 0."""
+    script = tmp_path / "sup.py"
+    pids = tmp_path / "pids"
+    script.write_text(
+        "import sys\n"
+        "from handwriting_ai.supervisor import ChildSpec, Supervisor\n"
+        f"argv = {SLEEPER!r}\n"
+        "sup = Supervisor([ChildSpec('a', argv, {}), ChildSpec('b', argv, {})])\n"
+        f"sup.hooks.append(lambda: open({str(pids)!r}, 'w').write("
+        "' '.join(str(c.pid) for c in sup.children)))\n"
+        "sys.exit(sup.run())\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not (pids.exists() and len(pids.read_text().split()) == 2):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    children = [int(p) for p in pids.read_text().split()]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert not any(_alive(pid) for pid in children)
+
+
+# --- the real thing: `digits up` ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _status(url: str, data: bytes | None = None) -> int:
+    try:
+        with urllib.request.urlopen(url, data=data, timeout=1) as response:
+            code: int = response.status
+            return code
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def _read(url: str, image: bytes) -> dict[str, object]:
+    response = httpx.post(url, files={"file": ("digit.png", image, "image/png")}, timeout=10)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body, dict)
+    return body
+
+
+def _start_up(data_root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and "__" not in k}
+    env.update(
+        APP__DATA_ROOT=str(data_root),
+        APP__PORT=str(port),
+        APP__THREADS="1",
+        STREAMS__SHUTDOWN_GRACE_S="5",
+    )
+    cmd = [sys.executable, "-m", "handwriting_ai.cli", "up", "--workers", "1"]
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    # `digits up` says "ready" once its own probe of /readyz got a 200
+    while "digits up: ready" not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.25)
+    assert _status(f"http://127.0.0.1:{port}/readyz") == 200
+
+
+@pytest.mark.slow
+def test_digits_up_runs_everything_and_keeps_queued_jobs(tmp_path: Path) -> None:
+    data_root, port, log = tmp_path / "data", _free_port(), tmp_path / "up.log"
+    proc = _start_up(data_root, port, log)
+    try:
+        _wait_ready(proc, port, log)
+        redis_port = int((data_root / "redis" / "port").read_text())
+        key = (data_root / "admin_key").read_text().strip()
+        assert len(key) >= 32
+        assert (data_root / "admin_key").stat().st_mode & 0o777 == 0o600
+        # Reads need no key (none configured) and are answered by the shipped ensemble.
+        reading = _read(f"http://127.0.0.1:{port}/v1/read", png_bytes(seven()))
+        assert (reading["digit"], reading["model_id"]) == (7, "ensemble_3_models")
+        # Uploads do need the generated key.
+        assert _status(f"http://127.0.0.1:{port}/v1/admin/models/upload", b"x") == 401
+        client = redis.Redis(port=redis_port, decode_responses=True)
+        # An unknown model id: the worker refuses it as a user error (dead letter), which shows
+        # the worker reads the stream; the entry stays in the stream's history either way.
+        entry = client.xadd(JOBS_STREAM, {"model_id": "mnist_digitnet_tiny_v1", "epochs": "x"})
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert f"API: http://127.0.0.1:{port}" in text
+    assert "digits up: stopped" in text
+    assert _status(f"http://127.0.0.1:{port}/healthz") == 0  # the API is gone
+
+    log = tmp_path / "up2.log"
+    proc = _start_up(data_root, port, log)  # the same data root: Redis comes back from its AOF
+    try:
+        _wait_ready(proc, port, log)
+        assert int((data_root / "redis" / "port").read_text()) == redis_port
+        client = redis.Redis(port=redis_port, decode_responses=True)
+        in_stream = [e_id for e_id, _ in client.xrange(JOBS_STREAM) or []]
+        dead = client.xrange("digits:train:dead") or []
+        client.close()
+        assert entry in in_stream or any((f or {}).get("entry_id") == entry for _, f in dead)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_up_refuses_a_busy_api_port_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from handwriting_ai.settings import load_settings
+    from handwriting_ai.supervisor import up
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port: int = busy.getsockname()[1]
+        settings = load_settings({"APP__DATA_ROOT": str(tmp_path)})
+        assert up(settings, workers=1, host="127.0.0.1", port=port) == 2
+    assert "address is in use" in capsys.readouterr().err
+    assert not (tmp_path / "redis").exists()  # no Redis was started
+
+
+@pytest.mark.slow
+def test_digits_up_with_redis_url_starts_no_redis(tmp_path: Path) -> None:
+    from redis_server import running_redis
+
+    with running_redis(tmp_path) as server:
+        data_root, port, log = tmp_path / "data", _free_port(), tmp_path / "up.log"
+        env = {k: v for k, v in os.environ.items() if "__" not in k}
+        env.update(
+            REDIS_URL=server.url,
+            SECURITY__API_KEY="configured-key",
+            APP__DATA_ROOT=str(data_root),
+            APP__PORT=str(port),
+            APP__THREADS="1",
+        )
+        cmd = [sys.executable, "-m", "handwriting_ai.cli", "up", "--workers", "0"]
+        with log.open("ab") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
+        try:
+            _wait_ready(proc, port, log)
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/models/active",
+                headers={"X-Api-Key": "configured-key"},
+            )
+            with urllib.request.urlopen(request, timeout=5) as response:
+                assert response.status == 200
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        text = log.read_text()
+        assert f"Redis: {server.url} (REDIS_URL; no embedded Redis)" in text
+        assert "upload key: SECURITY__API_KEY" in text
+        assert not (data_root / "redis").exists()
+        assert not (data_root / "admin_key").exists()
+        assert redis.Redis.from_url(server.url).ping()  # not ours to stop
