@@ -100,6 +100,24 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return schemas_main([*forwarded, "--dir", str(args.dir)])
 
 
+def cmd_settings_reference(args: argparse.Namespace) -> int:
+    from handwriting_ai.settings_reference import render_into, table
+
+    target: Path | None = args.write or args.check
+    if target is None:
+        print(table())
+        return 0
+    current = target.read_text()
+    wanted = render_into(current)
+    if args.check:
+        if current != wanted:
+            print(f"{target}: the settings reference is out of date", file=sys.stderr)
+            return 1
+        return 0
+    target.write_text(wanted)
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from handwriting_ai.worker import run_worker
 
@@ -153,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--check", action="store_true", help="exit 1 if the files drifted")
     sc.add_argument("--dir", type=Path, default=Path("streams"))
     sc.set_defaults(func=cmd_schemas)
+
+    sr = sub.add_parser("settings-reference", help="print the settings table (README's)")
+    group = sr.add_mutually_exclusive_group()
+    group.add_argument("--write", type=Path, default=None, help="rewrite the table in this file")
+    group.add_argument("--check", type=Path, default=None, help="exit 1 if this file's differs")
+    sr.set_defaults(func=cmd_settings_reference)
 
     w = sub.add_parser("worker", help="train jobs from the digits:train stream (consumer group)")
     w.add_argument("--concurrency", type=int, default=1, help="training slots (subprocesses)")

@@ -42,7 +42,6 @@ def _optional_float(value: object) -> float | None:
 class AppSettings:
     data_root: Path = Path("data")
     artifacts_root: Path | None = None
-    logs_root: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8081
     threads: int = 0
