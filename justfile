@@ -27,3 +27,22 @@ train *ARGS:
 # /v1/read latency and throughput over real HTTP (see ops/BENCHMARKS.md)
 bench *ARGS:
     ./dev run python ops/bench_read.py {{ARGS}}
+
+# regenerate the stream contracts in streams/ (JSON Schemas, AsyncAPI); `just schemas --check`
+schemas *ARGS:
+    ./dev run digits schemas {{ARGS}}
+
+# regenerate the README's configuration table from the Settings class
+settings-reference:
+    ./dev run digits settings-reference --write README.md
+
+# training throughput with and without augmentation; streams latency, event overhead, reloads
+bench-train *ARGS:
+    ./dev run python ops/bench_train.py {{ARGS}}
+
+bench-streams *ARGS:
+    ./dev run python ops/bench_streams.py {{ARGS}}
+
+# redis-cli against REDIS_URL or the embedded Redis of `digits up`
+redis-cli *ARGS:
+    ./dev run digits redis-cli {{ARGS}}

@@ -4,7 +4,11 @@ Runs `train_one_epoch` on the preprocessed MNIST training set (first `--samples`
 each setting, alternating them `--rounds` times so that machine noise hits both alike, and prints
 samples/s and the ratio augmented / plain (the bar: >= 0.85).
 
-    python ops/bench_train.py [--arch digitnet] [--samples 20000] [--rounds 2] [--threads 0]
+    python ops/bench_train.py [--arch digitnet] [--samples 20000] [--rounds 4] [--threads 0]
+
+Epoch rates on a shared 2-core machine swing by 10-20% from run to run, so it also times
+`augment_batch` alone over the same batches: its cost per batch against a plain batch's time
+is the steadier figure.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from handwriting_ai.models import create_model
+from handwriting_ai.training.augment import augment_batch
 from handwriting_ai.training.config import AugmentConfig
 from handwriting_ai.training.dataset import preprocessed_mnist
 from handwriting_ai.training.loop import EpochPlan, train_one_epoch
@@ -53,6 +59,19 @@ def epoch_rate(
     return stats.samples / stats.time_s
 
 
+def augment_ms_per_batch(pixels: torch.Tensor, batch: int) -> float:
+    """`augment_batch` alone (robust settings) over the epoch's batches, in ms per batch."""
+    gen = torch.Generator().manual_seed(0)
+    cfg = AugmentConfig.robust()
+    batches = [
+        pixels[i : i + batch].unsqueeze(1).float().div_(255.0) for i in range(0, len(pixels), batch)
+    ]
+    started = time.perf_counter()
+    for b in batches:
+        augment_batch(b, cfg, gen)
+    return (time.perf_counter() - started) / len(batches) * 1000
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,7 +79,7 @@ def main() -> int:
     parser.add_argument("--data-root", type=Path, default=Path("data"))
     parser.add_argument("--arch", default="digitnet")
     parser.add_argument("--samples", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="0 = one per core")
     args = parser.parse_args()
@@ -85,6 +104,13 @@ def main() -> int:
         runs = [round(r) for r in rates[key]]
         print(f"  {label:22s} {statistics.median(rates[key]):8.0f} samples/s   runs {runs}")
     print(f"  ratio: {augmented / plain:.3f}")
+    aug_ms = augment_ms_per_batch(x, args.batch_size)
+    plain_ms = args.batch_size / plain * 1000
+    print(
+        f"  augmentation alone: {aug_ms:.2f} ms per batch of {args.batch_size}, "
+        f"{aug_ms / plain_ms:.1%} of a plain batch ({plain_ms:.1f} ms): "
+        f"ratio {plain_ms / (plain_ms + aug_ms):.3f} from costs"
+    )
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from handwriting_ai.supervisor.embedded_redis import (
     find_redis_server,
     free_port,
     pings,
+    redis_url_for,
     server_args,
 )
 
@@ -85,3 +88,39 @@ def test_a_configured_port_in_use_is_an_error(tmp_path: Path) -> None:
     finally:
         first.stop()
     assert first.poll() is None  # stopped and forgotten
+
+
+def _digits(data_root: Path, *args: str, redis_url: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and "__" not in k}
+    env.update(APP__DATA_ROOT=str(data_root), REDIS_URL=redis_url)
+    return subprocess.run(
+        [sys.executable, "-m", "handwriting_ai.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_redis_cli_and_watch_find_the_embedded_server(tmp_path: Path) -> None:
+    data_root = tmp_path / "data"
+    missing = _digits(data_root, "redis-cli", "PING")
+    assert missing.returncode == 2
+    assert "no Redis: set REDIS_URL or run `digits up`" in missing.stderr
+    server = EmbeddedRedis(data_root / "redis")
+    server.start()
+    try:
+        added = _digits(data_root, "redis-cli", "XADD", JOBS_STREAM, "*", "model_id", "m", "x", "1")
+        assert added.returncode == 0, added.stderr
+        entry = added.stdout.strip()
+        client = redis.Redis(port=server.port, decode_responses=True)
+        assert [e_id for e_id, _ in client.xrange(JOBS_STREAM) or []] == [entry]
+        client.close()
+        unknown = _digits(data_root, "watch", "no-such-job", "--timeout-s", "5")
+        assert unknown.returncode == 2  # reached Redis, which does not know the job
+        assert "redis unavailable" not in unknown.stdout
+    finally:
+        server.stop()
+    assert redis_url_for("redis://elsewhere:1/0", data_root) == "redis://elsewhere:1/0"
+    assert redis_url_for(None, data_root) == f"redis://127.0.0.1:{server.port}/0"

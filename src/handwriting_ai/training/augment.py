@@ -7,6 +7,7 @@ training step; every random draw comes from the caller's generator, so a seed fi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,19 +42,34 @@ def _affine(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def _on_some(
+    x: torch.Tensor,
+    prob: float,
+    gen: torch.Generator,
+    change: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """`change` applied to a random `prob` share of the batch, computed on those samples only
+    (most ops touch a small share: computing them for all and selecting cost more than training)."""
+    picked = (torch.rand(x.shape[0], generator=gen) < prob).nonzero().squeeze(1)
+    if picked.numel() == 0:
+        return x
+    return x.index_copy(0, picked, change(x.index_select(0, picked)))
+
+
 def _morph(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    n = x.shape[0]
-    pick = _chosen(n, cfg.morph_prob, gen)
-    dilated = F.max_pool2d(x, 3, stride=1, padding=1)
-    eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
-    if cfg.morph == "dilate":
-        changed = dilated
-    elif cfg.morph == "erode":
-        changed = eroded
-    else:
-        changed = torch.where(_chosen(n, 0.5, gen), dilated, eroded)
-    # A 3x3 max is too strong on 28x28 strokes: blend halfway, like a lighter or heavier pen.
-    return torch.where(pick, 0.5 * (x + changed), x)
+    def change(some: torch.Tensor) -> torch.Tensor:
+        dilated = F.max_pool2d(some, 3, stride=1, padding=1)
+        eroded = -F.max_pool2d(-some, 3, stride=1, padding=1)
+        if cfg.morph == "dilate":
+            changed = dilated
+        elif cfg.morph == "erode":
+            changed = eroded
+        else:
+            changed = torch.where(_chosen(some.shape[0], 0.5, gen), dilated, eroded)
+        # A 3x3 max is too strong on 28x28 strokes: blend halfway, like a lighter or heavier pen.
+        return 0.5 * (some + changed)
+
+    return _on_some(x, cfg.morph_prob, gen, change)
 
 
 def _blur(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -61,28 +77,36 @@ def _blur(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Te
     t = torch.arange(-radius, radius + 1, dtype=x.dtype)
     k1 = torch.exp(-(t**2) / (2 * cfg.blur_sigma**2))
     k1 = k1 / k1.sum()
-    kernel = (k1[:, None] * k1[None, :]).view(1, 1, 2 * radius + 1, 2 * radius + 1)
-    blurred = F.conv2d(x, kernel, padding=radius)
-    return torch.where(_chosen(x.shape[0], cfg.blur_prob, gen), blurred, x)
+    # A Gaussian is separable: a row pass and a column pass.
+    rows, cols = k1.view(1, 1, 1, -1), k1.view(1, 1, -1, 1)
+
+    def change(some: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(some, rows, padding=(0, radius)), cols, padding=(radius, 0))
+
+    return _on_some(x, cfg.blur_prob, gen, change)
 
 
 def _dots(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    n, _, h, w = x.shape
-    seeds = torch.zeros(n, h * w)
-    idx = torch.randint(0, h * w, (n, cfg.dots_count), generator=gen)
-    seeds.scatter_(1, idx, 1.0)
+    _, _, h, w = x.shape
     size = max(1, cfg.dots_size_px)
-    dots = F.max_pool2d(seeds.view(n, 1, h, w), size, stride=1, padding=size // 2)[..., :h, :w]
-    return torch.where(_chosen(n, cfg.dots_prob, gen), torch.maximum(x, dots), x)
+
+    def change(some: torch.Tensor) -> torch.Tensor:
+        m = some.shape[0]
+        seeds = torch.zeros(m, h * w)
+        seeds.scatter_(1, torch.randint(0, h * w, (m, cfg.dots_count), generator=gen), 1.0)
+        dots = F.max_pool2d(seeds.view(m, 1, h, w), size, stride=1, padding=size // 2)
+        return torch.maximum(some, dots[..., :h, :w])
+
+    return _on_some(x, cfg.dots_prob, gen, change)
 
 
 def _salt_pepper(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    n = x.shape[0]
-    u = torch.rand(x.shape, generator=gen)
-    salt_or_pepper = torch.rand(x.shape, generator=gen) < 0.5
-    hit = (u < cfg.noise_amount) & _chosen(n, cfg.noise_prob, gen)
-    noisy = torch.where(salt_or_pepper, torch.ones_like(x), torch.zeros_like(x))
-    return torch.where(hit, noisy, x)
+    def change(some: torch.Tensor) -> torch.Tensor:
+        hit = torch.rand(some.shape, generator=gen) < cfg.noise_amount
+        salt = torch.rand(some.shape, generator=gen) < 0.5
+        return torch.where(hit, salt.to(some.dtype), some)
+
+    return _on_some(x, cfg.noise_prob, gen, change)
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
