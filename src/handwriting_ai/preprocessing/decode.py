@@ -103,11 +103,15 @@ def decode_image(
             raise BadDimensionsError(
                 f"Image is {width}x{height}; each side must be at most {limits.max_side_px} px."
             )
+        if fmt == "JPEG" and image.mode in ("RGB", "YCbCr"):
+            # Let libjpeg hand over the luma plane: no chroma upsampling, no colour conversion
+            # (half the decode time of a phone photo; the same grey levels within rounding).
+            image.draft("L", image.size)
         image.load()
-        upright = ImageOps.exif_transpose(image) or image
-        if min(upright.size) < 1:
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of upright images
+        if min(image.size) < 1:
             raise BadDimensionsError("Image has an empty dimension.")
-        return to_gray(upright)
+        return to_gray(image)
     except Image.DecompressionBombError as exc:
         raise TooLargeError(f"Image refused as a decompression bomb: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
