@@ -3,7 +3,7 @@
 default:
     @just --list
 
-# run the service on this machine
+# run everything on this machine: embedded Redis (unless REDIS_URL), the API, workers
 up *ARGS:
     ./dev up {{ARGS}}
 
@@ -36,10 +36,11 @@ schemas *ARGS:
 settings-reference:
     ./dev run digits settings-reference --write README.md
 
-# training throughput with and without augmentation; streams latency, event overhead, reloads
+# training throughput with and without augmentation
 bench-train *ARGS:
     ./dev run python ops/bench_train.py {{ARGS}}
 
+# streams: XADD -> started, event overhead, reload, reads during swaps, failover
 bench-streams *ARGS:
     ./dev run python ops/bench_streams.py {{ARGS}}
 

@@ -8,9 +8,11 @@ with a tiny model trained and activated first, then measures:
 2. training time with `EVENTS__BATCH_EVERY=10` versus `EVENTS__ENABLED=false`
    (`completed.ts - started.ts`, alternating runs, medians);
 3. `completed` event arrival -> `/v1/models/active` serving the new version (poll every 5 ms);
-4. 32 concurrent `/v1/read` clients while 3 jobs complete (each promoted: a swap); non-200 count.
+4. 32 concurrent `/v1/read` clients while 3 jobs complete (each promoted: a swap); non-200 count;
+5. failover with default settings: two workers, a long job runs past the reclaim idle time
+   (started once), then `kill -9` of its worker -> the other worker's `started`; one version.
 
-    python ops/bench_streams.py [--jobs 30] [--overhead-runs 3] [--overhead-epochs 3]
+    python ops/bench_streams.py [--jobs 30] [--overhead-runs 5] [--overhead-epochs 10]
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 import redis
+from attrs import frozen
 from PIL import Image
 from redis.typing import EncodableT, FieldT
 
@@ -55,7 +58,7 @@ from handwriting_ai.contracts.events import (
 )
 from handwriting_ai.data.idx import read_idx, write_idx
 from handwriting_ai.streams.follow import xread_entries
-from handwriting_ai.streams.keys import EVENTS_STREAM, JOBS_STREAM
+from handwriting_ai.streams.keys import EVENTS_STREAM, JOBS_GROUP, JOBS_STREAM
 
 MODEL_ID = "mnist_digitnet_tiny_v1"
 API_KEY = "bench-key"
@@ -160,6 +163,18 @@ class Procs:
         # children left behind in the group (the worker's training slots)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+    def pid(self, name: str) -> int:
+        proc = self.running.get(name)
+        return -1 if proc is None else proc.pid
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process group: the worker and its training slot die together."""
+        proc = self.running.pop(name, None)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def stop_all(self) -> None:
         for name in reversed(list(self.running)):  # worker and API before Redis
@@ -501,6 +516,63 @@ def measure_reloads(system: System, bench: Bench, jobs: int) -> list[float]:
     return reloads
 
 
+@frozen
+class Failover:
+    started_before_kill: int  # `started` events while the first worker was alive
+    ran_before_kill_s: float
+    kill_to_started_s: float  # kill -9 -> the other worker's `started` arrives
+    completed: bool
+    new_versions: int
+
+
+def measure_failover(system: System, bench: Bench, epochs: int, run_s: float) -> Failover:
+    """Two workers with default STREAMS__ settings; a long job runs `run_s` (past the reclaim
+    idle time: the heartbeat must keep it), then its worker's process group gets SIGKILL."""
+    system.procs.stop("worker")
+    for name in ("worker-a", "worker-b"):
+        system.procs.start(name, [*system.cli, "worker"], system.env)
+    models = Path(system.env["DIGITS__MODEL_DIR"]) / MODEL_ID
+    versions_before = {p.name for p in models.iterdir() if p.is_dir()}
+    time.sleep(8)  # both slots warm (torch imported) and reading
+    rid = f"bench-failover-{time.time_ns()}"
+    bench.client.xadd(JOBS_STREAM, job_fields(rid, epochs))
+    first = bench.tap.wait(rid, (TrainStarted,))
+    time.sleep(run_s)
+    starts = [a for a in bench.tap.events.get(rid, []) if isinstance(a[1], TrainStarted)]
+    pending = bench.client.xpending_range(JOBS_STREAM, JOBS_GROUP, "-", "+", 10)
+    holder = str(pending[0]["consumer"]) if pending else ""
+    victim = next(
+        (n for n in ("worker-a", "worker-b") if holder.endswith(f"-{system.procs.pid(n)}")), ""
+    )
+    if not victim:
+        raise SystemExit(f"cannot tell which worker holds {rid}: {pending}")
+    killed_at = time.perf_counter()
+    system.procs.kill(victim)
+    ran = killed_at - first[0]
+    again = None
+    deadline = time.monotonic() + 120
+    while again is None and time.monotonic() < deadline:
+        later = [a for a in bench.tap.events.get(rid, []) if a[0] > killed_at]
+        again = next((a for a in later if isinstance(a[1], TrainStarted)), None)
+        time.sleep(0.05)
+    if again is None:
+        raise SystemExit(f"{rid} was not started again within 120 s of the kill")
+    final = bench.tap.final(rid)
+    versions_after = {p.name for p in models.iterdir() if p.is_dir()}
+    print(
+        f"5. failover: started {len(starts)}x in {ran:.1f} s before the kill; started again "
+        f"{again[0] - killed_at:.1f} s after it; final {type(final[1]).__name__}",
+        flush=True,
+    )
+    return Failover(
+        started_before_kill=len(starts),
+        ran_before_kill_s=ran,
+        kill_to_started_s=again[0] - killed_at,
+        completed=isinstance(final[1], TrainCompleted),
+        new_versions=len(versions_after - versions_before),
+    )
+
+
 def table(rows: list[tuple[str, str, str]]) -> str:
     lines = ["| measurement | result | goal |", "|---|---|---|"]
     return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])
@@ -546,6 +618,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str]]:
         for sample in load.samples:
             print(f"   non-200: {sample}")
         bench.problems.extend(f"non-200 read: {s}" for s in load.samples)
+        fail = measure_failover(system, bench, args.failover_epochs, args.failover_run_s)
         each = ", ".join(f"{v:.0f}" for v in reloads)
         ons = ", ".join(f"{v:.2f}" for v in times["on"][0])
         offs = ", ".join(f"{v:.2f}" for v in times["off"][0])
@@ -583,6 +656,21 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str]]:
                 "0 non-200",
             ),
         ]
+        rows += [
+            (
+                f"a healthy worker's job, running {fail.ran_before_kill_s:.0f} s with default "
+                "`STREAMS__CLAIM_MIN_IDLE_S` (15 s), beside an idle second worker",
+                f"started {fail.started_before_kill} time(s)",
+                "once",
+            ),
+            (
+                "`kill -9` of that worker -> the other worker's `started` arrives (defaults)",
+                f"{fail.kill_to_started_s:.1f} s; "
+                f"{'completed' if fail.completed else 'NOT completed'}, "
+                f"{fail.new_versions} new version(s)",
+                "<= 20 s (30 s at most); 1 version",
+            ),
+        ]
         if bench.problems:
             print("problems: " + json.dumps(bench.problems, indent=1))
         return rows
@@ -601,11 +689,13 @@ def main() -> int:
     parser.add_argument("--train", type=int, default=3000)
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--jobs", type=int, default=30, help="jobs for the latency measurement")
-    parser.add_argument("--overhead-runs", type=int, default=3, help="runs per events setting")
-    parser.add_argument("--overhead-epochs", type=int, default=3)
+    parser.add_argument("--overhead-runs", type=int, default=5, help="runs per events setting")
+    parser.add_argument("--overhead-epochs", type=int, default=10)
     parser.add_argument("--reloads", type=int, default=5, help="jobs for completed->served")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--swap-jobs", type=int, default=3)
+    parser.add_argument("--failover-epochs", type=int, default=60, help="the long job's epochs")
+    parser.add_argument("--failover-run-s", type=float, default=22.0, help="run before the kill")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -259,3 +260,11 @@ def assert_error(response: httpx.Response, status: int, code: str) -> ErrorBody:
     assert body.message.strip(), body
     assert body.request_id == response.headers["x-request-id"]
     return body
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -20,14 +20,7 @@ from handwriting_ai.supervisor.embedded_redis import (
     redis_url_for,
     server_args,
 )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from helpers import pid_alive
 
 
 def test_the_binary_is_found() -> None:
@@ -57,7 +50,7 @@ def test_a_queued_job_survives_a_restart(tmp_path: Path) -> None:
         entry = client.xadd(JOBS_STREAM, {"model_id": "mnist_digitnet_tiny_v1", "epochs": "1"})
         client.close()
         assert server.stop() == 0  # SHUTDOWN: a clean exit, the AOF flushed
-        assert not _alive(first_pid)
+        assert not pid_alive(first_pid)
         assert not pings(port)
         assert (tmp_path / "data" / "redis" / "port").read_text().strip() == str(port)
 
@@ -74,7 +67,7 @@ def test_a_queued_job_survives_a_restart(tmp_path: Path) -> None:
         second_pid = server.pid
         server.stop()
     assert second_pid is not None
-    assert not _alive(second_pid)
+    assert not pid_alive(second_pid)
     assert any(p.name.startswith("appendonly") for p in (tmp_path / "data" / "redis").iterdir())
 
 

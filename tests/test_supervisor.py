@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from redis.typing import EncodableT, FieldT
 
 from handwriting_ai.logging import configure_logging
 from handwriting_ai.streams.keys import JOBS_STREAM
@@ -30,6 +31,7 @@ from handwriting_ai.supervisor import (
 )
 from handwriting_ai.supervisor import local_url as local_url_of
 from handwriting_ai.supervisor.embedded_redis import pings
+from helpers import pid_alive
 from tiny_mnist import write_tiny_mnist
 from worker_support import TINY_MODEL_ID
 
@@ -74,14 +76,6 @@ def test_children_learn_where_redis_and_the_api_are(tmp_path: Path) -> None:
     assert local_url_of("::", 9000) == "http://[::1]:9000"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _until(condition: Callable[[], bool], timeout_s: float, tick: Callable[[], None]) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -119,7 +113,7 @@ def test_a_killed_child_is_restarted_with_backoff_and_logged(
     finally:
         pids = [c.pid for c in sup.children]
         sup.shutdown()
-    assert all(pid is not None and not _alive(pid) for pid in pids)
+    assert all(pid is not None and not pid_alive(pid) for pid in pids)
     logged = capsys.readouterr().err
     exited = [json.loads(line) for line in logged.splitlines() if '"child_exited"' in line]
     assert [e["child"] for e in exited] == ["worker-1", "worker-1"]
@@ -142,7 +136,7 @@ def test_shutdown_kills_a_child_that_ignores_sigterm() -> None:
     started = time.monotonic()
     sup.shutdown()
     assert 0.5 <= time.monotonic() - started < 5.0
-    assert not _alive(pid)
+    assert not pid_alive(pid)
 
 
 def test_run_stops_on_sigterm_from_another_process(tmp_path: Path) -> None:
@@ -166,7 +160,7 @@ def test_run_stops_on_sigterm_from_another_process(tmp_path: Path) -> None:
     children = [int(p) for p in pids.read_text().split()]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
-    assert not any(_alive(pid) for pid in children)
+    assert not any(pid_alive(pid) for pid in children)
 
 
 # --- the real thing: `digits up` ------------------------------------------------------------
@@ -261,8 +255,9 @@ def test_digits_up_runs_everything_and_keeps_queued_jobs(tmp_path: Path) -> None
         # Uploads do need the generated key.
         assert _status(f"http://127.0.0.1:{port}/v1/admin/models/upload", b"x") == 401
         client = redis.Redis(port=redis_port, decode_responses=True)
-        fields = {"model_id": TINY_MODEL_ID, "epochs": "1", "batch_size": "32"}
-        entry = client.xadd(JOBS_STREAM, {**fields, "request_id": "queued-1"})
+        job: dict[FieldT, EncodableT] = {"model_id": TINY_MODEL_ID, "epochs": "1"}
+        job.update(batch_size="32", request_id="queued-1")
+        entry = client.xadd(JOBS_STREAM, job)
         client.close()
     finally:
         _stop(proc, signal.SIGINT)  # Ctrl-C
