@@ -4,6 +4,7 @@ progress, cancellation and clear user errors."""
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,12 @@ from handwriting_ai.inference.manifest import SCHEMA_VERSION, read_manifest
 from handwriting_ai.inference.store import MANIFEST_FILE, list_versions, set_current
 from handwriting_ai.preprocessing import preprocess_hash
 from handwriting_ai.training.config import TrainConfig
+from handwriting_ai.training.dataset import preprocess_all
 from handwriting_ai.training.loop import TrainingCancelledError
 from handwriting_ai.training.progress import BatchProgress, BestProgress, EpochProgress
 from handwriting_ai.training.run import InvalidTrainConfigError, TrainResult, run_training
 from helpers import make_settings, png_bytes, post_read, seven
-from tiny_mnist import render_digits, write_tiny_mnist
+from tiny_mnist import preprocess_in_a_daemon, render_digits, write_tiny_mnist
 
 pytestmark = pytest.mark.slow
 TINY = TrainConfig(
@@ -205,3 +207,21 @@ def test_cli_trains_and_activates(
         out, "mnist_tiny_v1"
     )[0]
     assert torch.load(next(out.glob("mnist_tiny_v1/*/model.pt")), weights_only=True)
+
+
+@pytest.mark.slow
+def test_preprocessing_a_full_data_set_works_inside_a_worker_slot() -> None:
+    # A worker's training slot is a daemonic process: it may not start a process pool, and the
+    # first job on a fresh data root preprocesses all of MNIST (above the parallel threshold).
+    images, _ = render_digits(2400, seed=5)
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    slot = context.Process(target=preprocess_in_a_daemon, args=(images, results), daemon=True)
+    slot.start()
+    outcome = results.get(timeout=240)
+    slot.join(30)
+    assert isinstance(outcome, tuple), outcome
+    pixels, ok = outcome
+    serial_pixels, serial_ok = preprocess_all(images, processes=1)
+    assert np.array_equal(ok, serial_ok)
+    assert np.array_equal(pixels, serial_pixels)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import threading
 
+import pytest
+
 import stream_helpers
-from handwriting_ai import watch
+from handwriting_ai import cli, watch
 from redis_server import RedisServer
 from stream_helpers import batch, completed, epoch, failed, publish, set_status, started
 
@@ -57,3 +59,15 @@ def test_watch_unknown_job_or_no_redis_exits_2(redis_url: str, redis_server: Red
     code, text = _watch("redis://127.0.0.1:1/0", "job-1")
     assert code == 2
     assert text.startswith("redis unavailable at redis://127.0.0.1:1/0")
+
+
+def test_digits_watch_from_the_command_line_waits_without_a_limit(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `digits watch ID` (no --timeout-s) must follow the job, not time out at once.
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    set_status(redis_url, "job-cli", {"status": "running", "model_id": "mnist_digitnet_v1"})
+    publish(redis_url, started("job-cli"))
+    threading.Timer(1.0, lambda: publish(redis_url, completed("job-cli"))).start()
+    assert cli.main(["watch", "job-cli"]) == 0
+    assert "completed: version" in capsys.readouterr().out

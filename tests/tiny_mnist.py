@@ -6,6 +6,7 @@ black like MNIST, so a tiny model learns them in one short epoch.
 
 from __future__ import annotations
 
+from multiprocessing import Queue
 from pathlib import Path
 
 import cv2
@@ -48,3 +49,14 @@ def write_tiny_mnist(data_root: Path, *, train: int = 300, test: int = 100, seed
         write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
     return data_root
+
+
+def preprocess_in_a_daemon(images: U8, results: Queue[object]) -> None:
+    """Runs in a daemonic process, like a worker's training slot: the preprocessing result, or
+    the error it raised as text."""
+    from handwriting_ai.training.dataset import preprocess_all
+
+    try:
+        results.put(preprocess_all(images, processes=2))
+    except (AssertionError, OSError, RuntimeError) as exc:  # the test shows it
+        results.put(f"{type(exc).__name__}: {exc}")

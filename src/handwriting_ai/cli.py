@@ -155,8 +155,7 @@ def cmd_redis_cli(args: argparse.Namespace) -> int:
         print(f"digits: {exc}", file=sys.stderr)
         return 2
     argv = [str(binary), "-u", url, *args.redis_args]
-    os.execv(argv[0], argv)
-    return 0  # not reached: execv replaces this process
+    os.execv(argv[0], argv)  # replaces this process: redis-cli's exit status is ours
 
 
 def build_parser() -> argparse.ArgumentParser:

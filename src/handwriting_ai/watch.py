@@ -95,7 +95,8 @@ async def _main(request_id: str, url: str, timeout_s: float | None, out: TextIO)
         await redis.aclose()
 
 
-def main(argv: Sequence[str] | None = None, *, out: TextIO = sys.stdout) -> int:
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout  # looked up per call, so a redirected stdout is honoured
     parser = argparse.ArgumentParser(prog="digits watch", description=__doc__)
     parser.add_argument("request_id")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
@@ -107,4 +108,6 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO = sys.stdout) -> int:
         return EXIT_UNKNOWN
     request_id: str = args.request_id
     timeout_s: float | None = args.timeout_s
+    if timeout_s is not None and timeout_s <= 0:
+        timeout_s = None  # 0 = no limit, as `digits watch --help` says
     return asyncio.run(_main(request_id, url, timeout_s, out))

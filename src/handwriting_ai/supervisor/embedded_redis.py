@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from handwriting_ai.supervisor.supervisor import die_with_parent
+
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 PORT_FILE = "port"
@@ -180,6 +182,7 @@ class EmbeddedRedis:
             [str(binary), *server_args(self.port, self.directory)],
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches `digits up`, not Redis
+            preexec_fn=die_with_parent,  # SIGTERM (a clean SHUTDOWN) if `digits up` is killed
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not pings(self.port):

@@ -74,7 +74,7 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the supervisor dies (Linux only; else a no-op)."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
@@ -88,7 +88,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes
         env=dict(env),
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=_die_with_parent,  # the supervisor runs no other threads
+        preexec_fn=die_with_parent,  # the supervisor runs no other threads
     )
 
 
