@@ -9,8 +9,18 @@ import pytest
 
 import stream_helpers
 from handwriting_ai import cli, watch
+from handwriting_ai.streams.keys import JOBS_GROUP, JOBS_STREAM
 from redis_server import RedisServer
-from stream_helpers import batch, completed, epoch, failed, publish, set_status, started
+from stream_helpers import (
+    batch,
+    completed,
+    epoch,
+    failed,
+    publish,
+    set_status,
+    started,
+    sync_redis,
+)
 
 redis_server = stream_helpers.redis_server
 redis_url = stream_helpers.redis_url
@@ -71,3 +81,42 @@ def test_digits_watch_from_the_command_line_waits_without_a_limit(
     threading.Timer(1.0, lambda: publish(redis_url, completed("job-cli"))).start()
     assert cli.main(["watch", "job-cli"]) == 0
     assert "completed: version" in capsys.readouterr().out
+
+
+def test_a_job_added_by_hand_is_followed_from_the_queue(redis_url: str) -> None:
+    # `redis-cli XADD` gives no status until a worker takes the job: watch waits for one.
+    client = sync_redis(redis_url)
+    entry = str(client.xadd(JOBS_STREAM, {"model_id": "mnist_digitnet_v1", "epochs": "1"}))
+    rid = f"job-{entry}"
+
+    def worker_takes_it() -> None:
+        set_status(redis_url, rid, {"status": "running", "model_id": "mnist_digitnet_v1"})
+        publish(redis_url, started(rid), completed(rid))
+
+    threading.Timer(1.5, worker_takes_it).start()
+    code, text = _watch(redis_url, rid)
+    assert code == 0, text
+    assert text.startswith(f"queued: entry {entry} on digits:train, waiting for a worker\n")
+    assert "completed: version" in text
+
+
+def test_a_queued_job_with_its_own_request_id_is_found(redis_url: str) -> None:
+    client = sync_redis(redis_url)
+    client.xadd(JOBS_STREAM, {"model_id": "mnist_digitnet_v1", "request_id": "my-run-1"})
+    done = (started("my-run-1"), completed("my-run-1"))
+    threading.Timer(1.0, lambda: publish(redis_url, *done)).start()
+    code, text = _watch(redis_url, "my-run-1")
+    assert (code, text.splitlines()[0][:7]) == (0, "queued:")
+
+
+def test_an_acknowledged_entry_whose_status_expired_is_unknown(redis_url: str) -> None:
+    client = sync_redis(redis_url)
+    entry = str(client.xadd(JOBS_STREAM, {"model_id": "mnist_digitnet_v1"}))
+    client.xgroup_create(JOBS_STREAM, JOBS_GROUP, id="0")
+    client.xreadgroup(JOBS_GROUP, "w-1", {JOBS_STREAM: ">"}, count=1)
+    # Delivered, not acknowledged: still a job to run (a dead worker's is reclaimed), so wait.
+    out = io.StringIO()
+    code = watch.main([f"job-{entry}", "--redis-url", redis_url, "--timeout-s", "1.5"], out=out)
+    assert (code, out.getvalue().splitlines()[0][:7]) == (3, "queued:")
+    client.xack(JOBS_STREAM, JOBS_GROUP, entry)
+    assert _watch(redis_url, f"job-{entry}") == (2, f"unknown job job-{entry}\n")

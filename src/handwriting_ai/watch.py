@@ -26,7 +26,7 @@ from handwriting_ai.contracts.events import (
     TrainStarted,
     TrainUpload,
 )
-from handwriting_ai.streams.follow import follow_job, job_known
+from handwriting_ai.streams.follow import follow_job, job_known, queued_entry
 from handwriting_ai.streams.status import read_status
 from handwriting_ai.training.progress import overall_fraction, progress_bar
 
@@ -61,8 +61,27 @@ def render(event: TrainEvent) -> str:
     return ""
 
 
+QUEUED_POLL_S = 0.5
+
+
+async def _wait_for_a_worker(redis: Redis, request_id: str, out: TextIO) -> bool:
+    """A job still waiting in `digits:train` has no status or events yet: say so and wait until
+    a worker takes it. False when there is no such job (or its entry went away)."""
+    said = False
+    while not await job_known(redis, request_id):
+        entry_id = await queued_entry(redis, request_id)
+        if entry_id is None:
+            return False
+        if not said:
+            out.write(f"queued: entry {entry_id} on digits:train, waiting for a worker\n")
+            out.flush()
+            said = True
+        await asyncio.sleep(QUEUED_POLL_S)
+    return True
+
+
 async def watch(redis: Redis, request_id: str, out: TextIO) -> int:
-    if not await job_known(redis, request_id):
+    if not await _wait_for_a_worker(redis, request_id, out):
         out.write(f"unknown job {request_id}\n")
         return EXIT_UNKNOWN
     async for entry in follow_job(redis, request_id):

@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 
 from attrs import frozen
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from handwriting_ai.contracts.converter import ContractError
 from handwriting_ai.contracts.events import TrainEvent, decode_event, is_final
-from handwriting_ai.streams.keys import job_events_key, status_key
+from handwriting_ai.streams.keys import JOBS_GROUP, JOBS_STREAM, job_events_key, status_key
 from handwriting_ai.streams.status import read_status
 
 Entry = tuple[str, dict[str, str]]
@@ -117,6 +118,53 @@ async def job_known(redis: Redis, request_id: str) -> bool:
     """A job exists while its status hash or its own event stream does."""
     found = await redis.exists(status_key(request_id), job_events_key(request_id))
     return isinstance(found, int) and found > 0
+
+
+QUEUED_SCAN_COUNT = 1000
+
+
+async def queued_entry(redis: Redis, request_id: str) -> str | None:
+    """The id of the job's entry in `digits:train` while no worker has taken it yet (a job added
+    with `redis-cli XADD` has no status until then). `job-<entry id>` is looked up directly; a
+    request_id of the job's own is searched for among the newest `QUEUED_SCAN_COUNT` entries."""
+    derived = request_id.removeprefix("job-")
+    entry_id: str | None = None
+    if derived != request_id and STREAM_ID.match(derived):
+        found = entries_of(await redis.xrange(JOBS_STREAM, derived, derived))
+        if found and "request_id" not in found[0][1]:
+            entry_id = found[0][0]
+    if entry_id is None:
+        newest = entries_of(await redis.xrevrange(JOBS_STREAM, count=QUEUED_SCAN_COUNT))
+        entry_id = next((e for e, f in newest if f.get("request_id") == request_id), None)
+    # Acknowledged entries stay in the stream until trimmed: only an undelivered or a pending
+    # one is a job that is still to run.
+    if entry_id is None or not await _undelivered_or_pending(redis, entry_id):
+        return None
+    return entry_id
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def _undelivered_or_pending(redis: Redis, entry_id: str) -> bool:
+    try:
+        groups: object = await redis.xinfo_groups(JOBS_STREAM)
+    except ResponseError:
+        return True  # no stream group yet: no worker has ever read it
+    last = next(
+        (
+            str(g.get("last-delivered-id"))
+            for g in (groups if isinstance(groups, list) else [])
+            if isinstance(g, dict) and g.get("name") == JOBS_GROUP
+        ),
+        None,
+    )
+    if last is None or _id_key(entry_id) > _id_key(last):
+        return True
+    pending: object = await redis.xpending_range(JOBS_STREAM, JOBS_GROUP, entry_id, entry_id, 1)
+    return isinstance(pending, list) and len(pending) > 0
 
 
 async def follow_job(
