@@ -139,6 +139,36 @@ def test_shutdown_kills_a_child_that_ignores_sigterm() -> None:
     assert not pid_alive(pid)
 
 
+def _on_sigterm_write(name: str, out: Path, delay_s: float) -> tuple[str, ...]:
+    """A child that, on SIGTERM, waits `delay_s` (a job finishing), then appends its name."""
+    code = (
+        "import signal, sys, time\n"
+        "def stop(*_):\n"
+        f"    time.sleep({delay_s})\n"
+        f"    open({str(out)!r}, 'a').write({name!r} + '\\n')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "time.sleep(60)\n"
+    )
+    return (sys.executable, "-c", code)
+
+
+def test_workers_stop_before_the_api_they_upload_to(tmp_path: Path) -> None:
+    order = tmp_path / "order"
+    specs = [
+        ChildSpec("api", _on_sigterm_write("api", order, 0.0), {}),
+        ChildSpec("worker-1", _on_sigterm_write("worker-1", order, 0.6), {}, stop_wave=1),
+    ]
+    sup = Supervisor(specs, stop_timeout_s=10.0)
+    sup.start()
+    time.sleep(0.5)  # both have installed their handlers
+    sup.shutdown()
+    # The API is asked to stop only once the worker has finished.
+    assert order.read_text().splitlines() == ["worker-1", "api"]
+    waves = [(s.name, s.stop_wave) for s in child_specs({}, host="h", port=1, workers=2)]
+    assert waves == [("api", 0), ("worker-1", 1), ("worker-2", 1)]
+
+
 def test_run_stops_on_sigterm_from_another_process(tmp_path: Path) -> None:
     """`run` in a real process: SIGTERM to the supervisor stops its children, exit 0."""
     script = tmp_path / "sup.py"

@@ -10,8 +10,9 @@ environment, extended with `REDIS_URL`, the upload key (`SECURITY__ADMIN_KEY` fo
 (mode 0600): uploads are never open, while reads and jobs stay keyless unless
 `SECURITY__API_KEY` is set.
 
-On Ctrl-C / SIGTERM the API and workers get SIGTERM first (workers leave unfinished jobs pending
-for the next start), then the embedded Redis gets `SHUTDOWN`, which flushes its append-only file.
+On Ctrl-C / SIGTERM the workers get SIGTERM first (a job that finishes within the grace period
+still uploads to the API; an unfinished one stays pending for the next start), then the API,
+then the embedded Redis gets `SHUTDOWN`, which flushes its append-only file.
 """
 
 from __future__ import annotations
@@ -115,7 +116,11 @@ def child_specs(env: Mapping[str, str], *, host: str, port: int, workers: int) -
         env,
     )
     worker_argv = (sys.executable, "-m", "handwriting_ai.worker")
-    return [api, *(ChildSpec(f"worker-{i}", worker_argv, env) for i in range(1, workers + 1))]
+    # Workers stop first: a job that finishes within the grace period still uploads to the API.
+    return [
+        api,
+        *(ChildSpec(f"worker-{i}", worker_argv, env, stop_wave=1) for i in range(1, workers + 1)),
+    ]
 
 
 class ReadinessReporter:

@@ -54,6 +54,7 @@ class ChildSpec:
     name: str
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(factory=dict)
+    stop_wave: int = 0  # on shutdown, higher waves stop (and finish) first
 
 
 @define
@@ -193,28 +194,32 @@ class Supervisor:
         self.request_stop(signum)
 
     def shutdown(self) -> None:
-        """SIGTERM every child's main process, wait, then SIGKILL every child's process group."""
+        """Stop the children in waves, highest `stop_wave` first (workers before the API they
+        upload to): SIGTERM each main process of a wave, wait for them, then SIGKILL what is left
+        of their process groups. A second stop request kills every wave at once."""
         self.stopping = True
-        live = [c for c in self.children if c.process is not None and c.process.poll() is None]
-        for child in live:
-            assert child.process is not None
-            log.info("child_stopping", child=child.spec.name, pid=child.process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                child.process.send_signal(signal.SIGTERM)
-        requests_at_start = self.stop_signals
-        deadline = self.clock() + self.stop_timeout_s
-        while any(c.process is not None and c.process.poll() is None for c in live):
-            if self.clock() > deadline or self.stop_signals > max(requests_at_start, 1):
-                log.warning("children_killed", reason="did not stop in time or asked again")
-                break
-            time.sleep(0.05)
-        for child in self.children:
-            process, child.process = child.process, None
-            if process is None:
-                continue
-            _kill_group(process.pid)
-            code = process.wait()
-            log.info("child_stopped", child=child.spec.name, pid=process.pid, returncode=code)
+        requests_at_start = max(self.stop_signals, 1)
+        for wave in sorted({c.spec.stop_wave for c in self.children}, reverse=True):
+            members = [c for c in self.children if c.spec.stop_wave == wave]
+            live = [c for c in members if c.process is not None and c.process.poll() is None]
+            for child in live:
+                assert child.process is not None
+                log.info("child_stopping", child=child.spec.name, pid=child.process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+            deadline = self.clock() + self.stop_timeout_s
+            while any(c.process is not None and c.process.poll() is None for c in live):
+                if self.clock() > deadline or self.stop_signals > requests_at_start:
+                    log.warning("children_killed", reason="did not stop in time or asked again")
+                    break
+                time.sleep(0.05)
+            for child in members:
+                process, child.process = child.process, None
+                if process is None:
+                    continue
+                _kill_group(process.pid)
+                code = process.wait()
+                log.info("child_stopped", child=child.spec.name, pid=process.pid, returncode=code)
 
     def run(self, *, install_signals: bool = True) -> int:
         """Start the children and supervise them until a stop signal; 0 after a clean stop."""
