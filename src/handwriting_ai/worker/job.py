@@ -298,16 +298,27 @@ class JobRun:
             model_dir=str(settings.app.artifacts_dir / "digits"),
             batch_every=settings.events.batch_every,
         )
+        # The deadline bounds each wait for the child's next message and is checked after every
+        # one, rather than cancelling the whole loop: a cancellation landing inside progress
+        # publishing (a Redis round trip) could be absorbed there, and the timeout with it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.streams.job_timeout_s
+        messages = slot.run(request)
         try:
-            async with asyncio.timeout(settings.streams.job_timeout_s):
-                async for message in slot.run(request):
-                    if isinstance(message, ChildDone | ChildError):
-                        return message
-                    if isinstance(message, ChildGone):
-                        return ChildError(
-                            "system", f"training process ended (exit code {message.exitcode})"
-                        )
-                    await self.progress(message)
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(anext(messages), left)
+                if isinstance(message, ChildDone | ChildError):
+                    return message
+                if isinstance(message, ChildGone):
+                    return ChildError(
+                        "system", f"training process ended (exit code {message.exitcode})"
+                    )
+                await self.progress(message)
+        except StopAsyncIteration:
+            pass
         except TimeoutError:
             slot.kill()
             return ChildError(
