@@ -71,7 +71,9 @@ def test_live_job_is_never_reclaimed_and_a_killed_workers_job_is(
         )
         client.xadd(
             JOBS_STREAM,
-            {"model_id": model_id, "epochs": "45", "batch_size": "32", "request_id": "long"},
+            # Long enough to still be running after the first epoch, 3 s and the kill on a fast
+            # machine (45 epochs once finished first); short enough to finish once reclaimed.
+            {"model_id": model_id, "epochs": "300", "batch_size": "32", "request_id": "long"},
         )
         wait_until(lambda: "epoch" in event_types(client, "long"), timeout_s=20, what="training")
         runner = status(client, "long")["worker"]
@@ -90,7 +92,7 @@ def test_live_job_is_never_reclaimed_and_a_killed_workers_job_is(
         restarted_s = time.monotonic() - killed_at
         wait_until(
             lambda: status(client, "long").get("status") == "completed",
-            timeout_s=60,
+            timeout_s=120,
             what="the reclaimed job to complete",
         )
         assert status(client, "long")["worker"] != runner
