@@ -39,7 +39,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-import cv2
 import httpx
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +57,7 @@ from handwriting_ai.contracts.events import (
     is_final,
 )
 from handwriting_ai.data.idx import read_idx, write_idx
+from handwriting_ai.data.synthetic import render_digits
 from handwriting_ai.streams.follow import xread_entries
 from handwriting_ai.streams.keys import EVENTS_STREAM, JOBS_GROUP, JOBS_STREAM
 
@@ -95,19 +95,6 @@ def redis_version(binary: Path) -> str:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
     found = re.search(r"v=([0-9.]+)", out)
     return found.group(1) if found else out.strip()
-
-
-def render_digits(count: int, seed: int) -> tuple[U8, U8]:
-    rng = np.random.default_rng(seed)
-    images = np.zeros((count, 28, 28), dtype=np.uint8)
-    labels = (np.arange(count) % 10).astype(np.uint8)
-    rng.shuffle(labels)
-    for i, label in enumerate(labels):
-        x, y = int(rng.integers(5, 10)), int(rng.integers(20, 25))
-        scale, thickness = float(rng.uniform(0.7, 0.9)), int(rng.integers(2, 4))
-        font = cv2.FONT_HERSHEY_SIMPLEX
-        cv2.putText(images[i], str(label), (x, y), font, scale, 255, thickness, cv2.LINE_AA)
-    return images, labels
 
 
 def write_small_mnist(source: Path, data_root: Path, train: int, test: int) -> str:

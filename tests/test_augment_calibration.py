@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from handwriting_ai.data.synthetic import render_digits
 from handwriting_ai.training.augment import augment_batch
 from handwriting_ai.training.calibrate import expected_calibration_error, fit_temperature, nll
 from handwriting_ai.training.config import AugmentConfig, Morph, TrainConfig, recipe_hash, recipe_of
-from tiny_mnist import render_digits
 
 
 def batch() -> torch.Tensor:

@@ -16,6 +16,7 @@ from conftest import Serve
 from handwriting_ai.cli import main as cli_main
 from handwriting_ai.data.idx import read_idx, write_idx
 from handwriting_ai.data.mnist import DataMissingError, load_mnist
+from handwriting_ai.data.synthetic import render_digits
 from handwriting_ai.inference.manifest import SCHEMA_VERSION, read_manifest
 from handwriting_ai.inference.store import MANIFEST_FILE, list_versions, set_current
 from handwriting_ai.preprocessing import preprocess_hash
@@ -25,7 +26,7 @@ from handwriting_ai.training.loop import TrainingCancelledError
 from handwriting_ai.training.progress import BatchProgress, BestProgress, EpochProgress
 from handwriting_ai.training.run import InvalidTrainConfigError, TrainResult, run_training
 from helpers import make_settings, png_bytes, post_read, seven
-from tiny_mnist import preprocess_in_a_daemon, render_digits, write_tiny_mnist
+from tiny_mnist import preprocess_in_a_daemon, write_tiny_mnist
 
 pytestmark = pytest.mark.slow
 TINY = TrainConfig(

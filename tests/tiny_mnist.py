@@ -9,36 +9,14 @@ from __future__ import annotations
 from multiprocessing import Queue
 from pathlib import Path
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from handwriting_ai.data.idx import write_idx
 from handwriting_ai.data.mnist import raw_dir
+from handwriting_ai.data.synthetic import render_digits
 
 U8 = npt.NDArray[np.uint8]
-
-
-def render_digits(count: int, seed: int) -> tuple[U8, U8]:
-    rng = np.random.default_rng(seed)
-    images = np.zeros((count, 28, 28), dtype=np.uint8)
-    labels = (np.arange(count) % 10).astype(np.uint8)
-    rng.shuffle(labels)
-    for i, label in enumerate(labels):
-        scale = float(rng.uniform(0.7, 0.9))
-        thickness = int(rng.integers(2, 4))
-        x, y = int(rng.integers(5, 10)), int(rng.integers(20, 25))
-        cv2.putText(
-            images[i],
-            str(label),
-            (x, y),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            255,
-            thickness,
-            cv2.LINE_AA,
-        )
-    return images, labels
 
 
 def write_tiny_mnist(data_root: Path, *, train: int = 300, test: int = 100, seed: int = 0) -> Path:
