@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 from redis.asyncio import Redis as AsyncRedis
 
 import stream_helpers
@@ -321,3 +322,84 @@ def test_sse_keeps_alive_and_ends_when_the_job_ended_without_a_final_event(redis
     assert chunks[0] == b": connected\n\n"
     assert chunks[1].startswith(b"event: digits.train.started.v1\ndata: {")
     assert chunks[2:] == [b": keep-alive\n\n"]
+
+
+# --------------------------------------------------------------------------- hostile bodies
+
+_JOB_HEAD = b'{"model_id":"mnist_digitnet_v1",'
+HOSTILE_BODIES = {
+    "huge_int_field": _JOB_HEAD + b'"epochs":' + b"9" * 5000 + b"}",
+    "huge_int_alone": b"9" * 5000,
+    "huge_int_for_a_float": _JOB_HEAD + b'"lr":' + b"9" * 4000 + b"}",
+    "deep_list": b"[" * 30_000 + b"]" * 30_000,
+    "deep_list_unclosed": b"[" * 60_000,
+    "deep_object_in_a_field": _JOB_HEAD + b'"notes":' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001,
+    "invalid_utf8": b'{"model_id":"mnist_digitnet_v1","notes":"\xff\xfe\xc3"}',
+    "lone_surrogate": _JOB_HEAD + b'"notes":"\\ud800"}',
+    "lone_surrogate_key": b'{"model_id":"mnist_digitnet_v1","\\udfff":1}',
+    "nan": _JOB_HEAD + b'"lr":NaN}',
+    "infinity": _JOB_HEAD + b'"lr":Infinity}',
+    "minus_infinity_alone": b"-Infinity",
+    "overflowing_float": _JOB_HEAD + b'"lr":1e999}',
+    "duplicate_keys": b'{"model_id":"mnist_digitnet_v1","model_id":"mnist_digitnet_v1"}',
+    "huge_string": _JOB_HEAD + b'"notes":"' + b"x" * 60_000 + b'"}',
+    "huge_key": _JOB_HEAD + b'"' + b"k" * 60_000 + b'":1}',
+    "unicode_digit_user_id": _JOB_HEAD + '"user_id":"²"}'.encode(),
+    "huge_digit_string": _JOB_HEAD + b'"seed":"' + b"7" * 5000 + b'"}',
+    "nul_in_id": _JOB_HEAD + b'"request_id":"a\\u0000b"}',
+    "not_an_object": b'["model_id","mnist_digitnet_v1"]',
+    "empty": b"",
+    "whitespace": b" \n\t ",
+    "trailing_garbage": b'{"model_id":"mnist_digitnet_v1"} {}',
+    "bom_then_garbage": b"\xef\xbb\xbf\xff",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_BODIES))
+def test_hostile_train_bodies_are_400_in_the_error_schema(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str, name: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    response = client.post(
+        "/v1/train", content=HOSTILE_BODIES[name], headers={"Content-Type": "application/json"}
+    )
+    body = assert_error(response, 400, "invalid_job")
+    assert len(body.message) <= 2000, len(body.message)
+    assert sync_redis(redis_url).xlen(JOBS_STREAM) == 0
+    assert client.post("/v1/train", json=JOB).status_code == 202  # the API still serves
+
+
+def test_train_body_over_64_kib_is_413(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    nested = b"[" * 100_000 + b"]" * 100_000
+    big = assert_error(client.post("/v1/train", content=nested), 413, "too_large")
+    assert "65536" in big.message
+    padded = json.dumps({**JOB, "notes": "x" * (70 * 1024)}).encode()
+    assert_error(client.post("/v1/train", content=padded), 413, "too_large")
+    just_under = json.dumps(JOB).encode() + b" " * (64 * 1024 - len(json.dumps(JOB)))
+    assert len(just_under) == 64 * 1024
+    assert client.post("/v1/train", content=just_under).status_code == 202
+    assert sync_redis(redis_url).xlen(JOBS_STREAM) == 1
+
+
+def test_a_full_queue_refuses_new_jobs_and_never_trims_one(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url, {"STREAMS__JOBS_MAXLEN": "3"})
+    ids = []
+    for n in range(3):
+        response = client.post("/v1/train", json={**JOB, "request_id": f"job-{n}"})
+        assert response.status_code == 202, response.text
+        ids.append(_body(response)["entry_id"])
+    full = assert_error(
+        client.post("/v1/train", json={**JOB, "request_id": "job-3"}), 503, "queue_full"
+    )
+    assert "3 jobs" in full.message
+    assert sync_redis(redis_url).exists("digits:job:job-3") == 0
+    again = client.post("/v1/train", json={**JOB, "request_id": "job-0"})
+    assert (again.status_code, _body(again)["duplicate"]) == (202, True)  # a repeat still answers
+    assert [entry_id for entry_id, _ in xrange(redis_url, JOBS_STREAM)] == ids
+    sync_redis(redis_url).xdel(JOBS_STREAM, str(ids[0]))  # workers trim what they acknowledged
+    assert client.post("/v1/train", json={**JOB, "request_id": "job-3"}).status_code == 202

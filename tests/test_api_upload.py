@@ -176,3 +176,85 @@ def test_metrics_and_parts_are_checked(admin: Client, source: Artifact) -> None:
     assert_error(upload(admin, source, metrics=b"[1, 2]"), 400, "invalid_metrics")
     assert_error(upload(admin, source, metrics=b" " * (1024 * 1024 + 1)), 413, "too_large")
     assert_error(upload(admin, source, skip="manifest"), 422, "malformed_form")
+
+
+def _raw_manifest(art: Artifact, field: str, raw_value: bytes) -> bytes:
+    """The artifact's manifest with one field's value replaced by raw JSON text (maybe hostile)."""
+    text = json.dumps(json.loads((art.directory / MANIFEST_FILE).read_text()), sort_keys=True)
+    head, _, tail = text.partition(f'"{field}": ')
+    assert tail, field
+    rest = tail[len(json.dumps(json.loads((art.directory / MANIFEST_FILE).read_text())[field])) :]
+    return head.encode() + f'"{field}": '.encode() + raw_value + rest.encode()
+
+
+HOSTILE_MANIFESTS = {
+    "huge_int_seed": ("training_seed", b"9" * 5000),
+    "huge_int_for_a_float": ("val_acc", b"9" * 4000),
+    "deep_nesting": ("training_recipe", b"[" * 100_000 + b"]" * 100_000),
+    "deep_object": ("training_recipe", b'{"a":' * 5000 + b"1" + b"}" * 5000),
+    "nan": ("val_acc", b"NaN"),
+    "infinity_temperature": ("temperature", b"Infinity"),
+    "overflowing_float": ("temperature", b"1e999"),
+    "nan_in_recipe": ("training_recipe", b'{"lr": NaN}'),
+    "lone_surrogate": ("version", b'"\\ud800"'),
+    "lone_surrogate_in_recipe": ("training_recipe", b'{"\\udc00": 1}'),
+    "invalid_utf8": ("run_id", b'"\xff\xfe"'),
+    "huge_string": ("version", b'"' + b"v" * 500_000 + b'"'),
+    "duplicate_key": ("model_id", b'"tiny_new", "model_id": "tiny_new"'),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_MANIFESTS))
+def test_hostile_manifests_are_400(
+    admin: Client, source: Artifact, model_dir: Path, name: str
+) -> None:
+    field, raw_value = HOSTILE_MANIFESTS[name]
+    manifest = _raw_manifest(source, field, raw_value)
+    body = assert_error(upload(admin, source, manifest=manifest), 400, "invalid_manifest")
+    assert len(body.message) <= 2000, len(body.message)
+    assert not (model_dir / "tiny_new").exists() or list_versions(model_dir, "tiny_new") == []
+    assert upload(admin, source).status_code == 201  # the API still serves
+
+
+HOSTILE_METRICS = {
+    "huge_int": b'{"val_acc": ' + b"9" * 5000 + b"}",
+    "deep_nesting": b"[" * 100_000 + b"]" * 100_000,
+    "deep_object": b'{"a":' * 5000 + b"1" + b"}" * 5000,
+    "nan": b'{"val_acc": NaN}',
+    "minus_infinity": b'{"val_acc": -Infinity}',
+    "lone_surrogate": b'{"note": "\\udbff"}',
+    "invalid_utf8": b'{"note": "\xc3\x28"}',
+    "duplicate_key": b'{"val_acc": 0.9, "val_acc": 0.1}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_METRICS))
+def test_hostile_metrics_are_400(
+    admin: Client, source: Artifact, model_dir: Path, name: str
+) -> None:
+    response = upload(admin, source, metrics=HOSTILE_METRICS[name])
+    assert_error(response, 400, "invalid_metrics")
+    assert not (model_dir / "tiny_new").exists() or list_versions(model_dir, "tiny_new") == []
+
+
+def test_admin_ping_checks_the_upload_key(serve: Serve, model_dir: Path) -> None:
+    admin_keyed = serve(
+        make_settings(
+            model_dir, ["tiny_new"], {"SECURITY__ADMIN_KEY": KEY, "SECURITY__API_KEY": "other"}
+        )
+    )
+    ok = admin_keyed.get("/v1/admin/ping", headers={"X-Api-Key": KEY})
+    assert (ok.status_code, ok.json()) == (200, {"ok": True})
+    wrong = admin_keyed.get("/v1/admin/ping", headers={"X-Api-Key": "other"})
+    assert_error(wrong, 401, "unauthorized")  # the API key is not the upload key here
+    assert_error(admin_keyed.get("/v1/admin/ping"), 401, "unauthorized")
+
+    api_keyed = serve(make_settings(model_dir, ["tiny_new"], {"SECURITY__API_KEY": KEY}))
+    assert api_keyed.get("/v1/admin/ping", headers={"X-Api-Key": KEY}).json() == {"ok": True}
+    assert_error(
+        api_keyed.get("/v1/admin/ping", headers={"X-Api-Key": "nope"}), 401, "unauthorized"
+    )
+
+    open_api = serve(make_settings(model_dir, ["tiny_new"]))
+    assert_error(open_api.get("/v1/admin/ping", headers={"X-Api-Key": KEY}), 403, "forbidden")
+    assert_error(open_api.get("/v1/admin/ping"), 403, "forbidden")

@@ -1,19 +1,22 @@
-"""Hot reload through the events stream: the promotion gate both ways, broken candidates, and
-no failed read while the served model is swapped."""
+"""Hot reload through the events stream: the promotion gate both ways (and its floor), broken
+candidates, and no failed read while the served model is swapped."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 import stream_helpers
 from conftest import Serve
 from handwriting_ai.api.schemas import ActiveModels
 from handwriting_ai.contracts.converter import structure
-from handwriting_ai.inference.store import MODEL_FILE, set_current
+from handwriting_ai.inference.promotion import GateRecord, should_promote
+from handwriting_ai.inference.store import MODEL_FILE, version_dir
 from helpers import Client, json_of, make_settings, png_bytes, post_read, seven, write_artifact
 from stream_helpers import completed, publish, wait_for
 
@@ -27,9 +30,42 @@ def _val_acc(value: float) -> Callable[[dict[str, object]], None]:
 
 
 def _candidate(model_dir: Path, model_id: str, *, prefer: int, val_acc: float) -> None:
-    """A stored v2 that CURRENT does not name yet, as after an upload."""
-    write_artifact(model_dir, model_id, seed=5, prefer=prefer, version=V2, edit=_val_acc(val_acc))
-    set_current(model_dir, model_id, V1)
+    """A stored v2 that CURRENT does not name, appearing whole as an upload stores it (never
+    named by CURRENT on the way, which a replica's reconcile pass would follow)."""
+    staging = model_dir.parent / f"staging-{model_id}"
+    write_artifact(staging, model_id, seed=5, prefer=prefer, version=V2, edit=_val_acc(val_acc))
+    os.replace(version_dir(staging, model_id, V2), version_dir(model_dir, model_id, V2))
+
+
+@pytest.mark.parametrize(
+    ("candidate", "served", "best", "promotes"),
+    [
+        (0.989, 0.99, None, True),  # within the tolerance of the served version
+        (0.988, 0.99, None, True),  # exactly at the bar (float rounding absorbed)
+        (0.9879, 0.99, None, False),  # just below it
+        (0.995, 0.99, None, True),
+        (0.5, None, None, True),  # nothing served, no history: anything loadable
+        (0.9870, 0.9885, 0.99, False),  # within tolerance of the served, not of the best
+        (0.9881, 0.9885, 0.99, True),
+        (0.9879, None, 0.99, False),  # the floor holds with nothing served
+    ],
+)
+def test_the_gate_around_the_tolerance(
+    candidate: float, served: float | None, best: float | None, promotes: bool
+) -> None:
+    assert should_promote(candidate, served, 0.002, best) is promotes
+
+
+def test_a_sequence_of_small_losses_stops_at_the_floor() -> None:
+    """0.99 -> 0.9885 -> 0.9870: each step is within 0.002 of the last, but the slide stops."""
+    record, served = GateRecord().served("v1", 0.99), 0.99
+    taken = []
+    for version, acc in [("v2", 0.9885), ("v3", 0.9870), ("v4", 0.9866), ("v5", 0.9880)]:
+        if should_promote(acc, served, 0.002, record.best_val_acc):
+            record, served = record.served(version, acc), acc
+            taken.append(version)
+    assert taken == ["v2", "v5"]
+    assert (record.best_val_acc, record.best_version, served) == (0.99, "v1", 0.9880)
 
 
 def _active(client: Client) -> ActiveModels:

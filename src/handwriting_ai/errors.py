@@ -76,3 +76,9 @@ class ConflictError(AppError):
 
 class QueueUnavailableError(AppError):
     code, status_code = "queue_unavailable", 503
+
+
+class QueueFullError(AppError):
+    """`digits:train` holds `STREAMS__JOBS_MAXLEN` entries: refused, never trimmed to make room."""
+
+    code, status_code = "queue_full", 503

@@ -1,13 +1,16 @@
-"""`POST /v1/admin/models/upload`: workers hand in trained artifacts; only checked ones are kept."""
+"""Admin routes for workers, behind the upload key: hand in trained artifacts (only checked ones
+are kept), and `GET /v1/admin/ping` to check the key before any work."""
 
 from __future__ import annotations
 
 from functools import partial
 
 from attrs import frozen
-from litestar import Request, post
+from litestar import Request, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State, UploadFile
 from litestar.exceptions import ClientException
+from litestar.handlers.base import BaseRouteHandler
 
 from handwriting_ai.api.security import key_matches
 from handwriting_ai.api.state import AppState
@@ -47,22 +50,38 @@ async def _part(form: dict[str, UploadFile | str], name: str, limit: int) -> byt
     return data
 
 
-@post(
-    "/v1/admin/models/upload",
-    status_code=201,
-    request_max_body_size=MAX_UPLOAD_BYTES,
-    summary="Upload a trained model (model.pt, manifest.json, metrics.json); API key required",
-)
-async def upload_model(request: Request[object, object, State]) -> UploadResponse:
-    state = AppState.of(request.app.state)
-    configured = state.settings.security.upload_key
+def require_upload_key(
+    connection: ASGIConnection[BaseRouteHandler, object, object, State], _: BaseRouteHandler
+) -> None:
+    """The upload key: `SECURITY__ADMIN_KEY`, else `SECURITY__API_KEY`; none configured: 403."""
+    configured = AppState.of(connection.app.state).settings.security.upload_key
     if not configured:
         raise ForbiddenError(
             "Uploads are disabled: set SECURITY__ADMIN_KEY (or SECURITY__API_KEY) on the API"
             " and the same value as HANDWRITING_API_KEY on the workers."
         )
-    if not key_matches(configured, request.headers.get("x-api-key")):
+    if not key_matches(configured, connection.headers.get("x-api-key")):
         raise UnauthorizedError("Missing or wrong X-Api-Key.")
+
+
+@get(
+    "/v1/admin/ping",
+    guards=[require_upload_key],
+    summary="200 when X-Api-Key is the upload key (workers check theirs at start); else 401/403",
+)
+async def admin_ping() -> dict[str, bool]:
+    return {"ok": True}
+
+
+@post(
+    "/v1/admin/models/upload",
+    status_code=201,
+    guards=[require_upload_key],
+    request_max_body_size=MAX_UPLOAD_BYTES,
+    summary="Upload a trained model (model.pt, manifest.json, metrics.json); API key required",
+)
+async def upload_model(request: Request[object, object, State]) -> UploadResponse:
+    state = AppState.of(request.app.state)
     if request.content_type[0] != "multipart/form-data":
         raise MalformedFormError("Expected multipart/form-data.")
     try:

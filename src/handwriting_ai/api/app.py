@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from functools import partial
 
 import cv2
 import torch
@@ -16,7 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from handwriting_ai.api.admin import upload_model
+from handwriting_ai.api.admin import admin_ping, upload_model
 from handwriting_ai.api.errors import EXCEPTION_HANDLERS
 from handwriting_ai.api.health import active_models, healthz, package_version, readyz, version_info
 from handwriting_ai.api.read import read
@@ -26,7 +25,7 @@ from handwriting_ai.api.train import cancel_train, submit_train, train_events, t
 from handwriting_ai.contracts.events import TrainCompleted
 from handwriting_ai.errors import AppError
 from handwriting_ai.inference.engine import EngineHolder, load_ensemble
-from handwriting_ai.inference.reload import apply_completed
+from handwriting_ai.inference.reconcile import Reconciler, reconcile_forever
 from handwriting_ai.inference.store import bundled_model_dir, seed_models
 from handwriting_ai.logging import get_logger
 from handwriting_ai.preprocessing import preprocess_hash
@@ -59,41 +58,47 @@ def _load(settings: Settings) -> EngineHolder:
     return EngineHolder(ensemble)
 
 
-def _reloader(state: AppState) -> ReloadConsumer | None:
-    if state.redis is None:
-        return None
+async def _start_reconciling(state: AppState) -> list[asyncio.Task[None]]:
+    """Reconcile once before serving, then every interval and on each `completed` event.
+
+    Events only wake the reconciler: what to serve is read from the model directory, so an
+    event missed while down, or a reload that failed or timed out, is made good by a later pass.
+    """
     settings = state.settings
+    reconciler = Reconciler(
+        engine=state.engine,
+        model_dir=settings.model_dir,
+        active_models=settings.digits.active_model,
+        tolerance=settings.digits.promotion_tolerance,
+        expected_hash=preprocess_hash(),
+        temperature_override=settings.digits.ensemble_temperature_override,
+    )
+    wake = asyncio.Event()
+
+    async def reconcile_once() -> None:
+        try:
+            await state.run(reconciler.reconcile, timeout_s=RELOAD_TIMEOUT_S)
+        except AppError as exc:  # a timeout: the next pass tries again
+            log.error("reconcile_timed_out", reason=exc.message)
 
     async def on_completed(event: TrainCompleted) -> None:
-        if event.model_id not in settings.digits.active_model or event.version is None:
-            return
-        work = partial(
-            apply_completed,
-            state.engine,
-            model_dir=settings.model_dir,
-            active_models=settings.digits.active_model,
-            model_id=event.model_id,
-            version=event.version,
-            tolerance=settings.digits.promotion_tolerance,
-            expected_hash=preprocess_hash(),
-            temperature_override=settings.digits.ensemble_temperature_override,
-        )
+        if event.model_id in settings.digits.active_model:
+            wake.set()
+
+    await reconcile_once()
+    interval_s = settings.digits.reconcile_interval_s
+    loop = reconcile_forever(reconcile_once, interval_s=interval_s, wake=wake)
+    tasks = [asyncio.create_task(loop, name="reconcile")]
+    if state.redis is not None:
+        consumer = ReloadConsumer(state.redis, on_completed)
+        # Pin the start before serving, so an event published right after start-up wakes us;
+        # with Redis down the consumer pins it itself once Redis answers.
         try:
-            await state.run(work, timeout_s=RELOAD_TIMEOUT_S)
-        except AppError as exc:
-            log.error("model_reload_failed", model_id=event.model_id, reason=exc.message)
-
-    return ReloadConsumer(state.redis, on_completed)
-
-
-async def _start_reloader(consumer: ReloadConsumer) -> asyncio.Task[None]:
-    # Pin the start before serving, so an event published right after start-up is not missed;
-    # with Redis down the consumer pins it itself once Redis answers.
-    try:
-        await asyncio.wait_for(consumer.prime(), PRIME_TIMEOUT_S)
-    except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("reload_consumer_waiting", error=str(exc))
-    return asyncio.create_task(consumer.run(), name="reload-consumer")
+            await asyncio.wait_for(consumer.prime(), PRIME_TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("reload_consumer_waiting", error=str(exc))
+        tasks.append(asyncio.create_task(consumer.run(), name="reload-consumer"))
+    return tasks
 
 
 def create_app(
@@ -111,14 +116,12 @@ def create_app(
         own_redis = redis is None and settings.redis_url is not None
         if own_redis and settings.redis_url is not None:
             state.redis = connect_redis(settings.redis_url)
-        reload_task: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
-            if engine is None:
+            if engine is None:  # an engine passed in is served as given: no model dir is read
                 loaded = await state.run(lambda: _load(settings), timeout_s=600)
                 state.engine.swap(loaded.ensemble)
-            consumer = _reloader(state)
-            if consumer is not None:
-                reload_task = await _start_reloader(consumer)
+                tasks = await _start_reconciling(state)
             ensemble = state.engine.ensemble
             log.info(
                 "api_started",
@@ -129,10 +132,10 @@ def create_app(
             )
             yield
         finally:
-            if reload_task is not None:
-                reload_task.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await reload_task
+                    await task
             if own_redis and state.redis is not None:
                 await state.redis.aclose()
                 state.redis = None
@@ -147,6 +150,7 @@ def create_app(
             version_info,
             active_models,
             upload_model,
+            admin_ping,
             submit_train,
             train_status,
             train_events,

@@ -7,6 +7,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
+from handwriting_ai.api.json_body import MAX_MESSAGE_CHARS, clip, safe_text
 from handwriting_ai.errors import AppError
 from handwriting_ai.logging import get_logger
 
@@ -32,13 +33,21 @@ def error_response(
 ) -> Response[dict[str, str]]:
     request_id = str(request.scope.get("state", {}).get("request_id", ""))
     return Response(
-        {"code": code, "message": message, "request_id": request_id}, status_code=status
+        {"code": code, "message": readable(message), "request_id": request_id},
+        status_code=status,
     )
+
+
+def readable(message: str) -> str:
+    """A message that echoes client input stays short and encodable (no lone surrogates)."""
+    return clip(safe_text(message), MAX_MESSAGE_CHARS)
 
 
 def _app_error(request: Request[object, object, State], exc: Exception) -> Response[dict[str, str]]:
     assert isinstance(exc, AppError)
-    log.info("request_refused", code=exc.code, status=exc.status_code, message=exc.message)
+    log.info(
+        "request_refused", code=exc.code, status=exc.status_code, message=readable(exc.message)
+    )
     return error_response(request, exc.status_code, exc.code, exc.message)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from contextlib import contextmanager
 from attrs import frozen
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.params import FromPath
 from litestar.response import Stream
 from redis.asyncio import Redis
@@ -18,12 +18,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from handwriting_ai.api.events_sse import event_stream
+from handwriting_ai.api.json_body import JsonBodyError, clip, parse_json
 from handwriting_ai.api.security import require_api_key
 from handwriting_ai.api.state import AppState
 from handwriting_ai.contracts.converter import ContractError
 from handwriting_ai.contracts.events import TrainFailed, now_iso
 from handwriting_ai.contracts.jobs import job_from_json
-from handwriting_ai.errors import AppError, ConflictError, NotFoundError, QueueUnavailableError
+from handwriting_ai.errors import (
+    AppError,
+    ConflictError,
+    NotFoundError,
+    QueueUnavailableError,
+    TooLargeError,
+)
 from handwriting_ai.logging import get_logger
 from handwriting_ai.models import UnknownArchError, arch_for_model_id
 from handwriting_ai.streams.enqueue import enqueue_job
@@ -34,6 +41,9 @@ from handwriting_ai.streams.status import JobStatus, read_status
 
 log = get_logger("handwriting_ai.train")
 CANCEL_PUBLISH_TIMEOUT_S = 5.0
+# A job is ten short fields (notes at most 1,000 characters): 64 KiB is generous, and keeps what
+# a hostile body can cost (parsing, error messages) small. Over it: 413 `too_large`.
+MAX_JOB_BODY_BYTES = 64 * 1024
 
 
 class InvalidJobError(AppError):
@@ -97,26 +107,32 @@ def queue_errors() -> Iterator[None]:
         raise QueueUnavailableError("The training queue (Redis) is unreachable.") from None
 
 
-def _parse_body(raw: bytes) -> object:
+async def _read_body(request: Request[object, object, State]) -> object:
     try:
-        body: object = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = await request.body()
+    except RequestEntityTooLarge:
+        raise TooLargeError(
+            f"The body is over {MAX_JOB_BODY_BYTES} bytes, the limit for a training job."
+        ) from None
+    try:
+        return parse_json(raw.strip() or b"null")
+    except JsonBodyError as exc:
         raise InvalidJobError(f"The body is not JSON: {exc}.") from None
-    return body
 
 
 @post(
     "/v1/train",
     status_code=202,
     guards=[require_api_key],
+    request_max_body_size=MAX_JOB_BODY_BYTES,
     summary="Queue a training job (digits.train.v1 fields as JSON); idempotent by request_id",
 )
 async def submit_train(request: Request[object, object, State]) -> TrainAccepted:
     state = AppState.of(request.app.state)
     try:
-        job = job_from_json(_parse_body(await request.body()), default_request_id=uuid.uuid4().hex)
+        job = job_from_json(await _read_body(request), default_request_id=uuid.uuid4().hex)
     except ContractError as exc:
-        raise InvalidJobError("; ".join(exc.errors)) from None
+        raise InvalidJobError("; ".join(clip(error) for error in exc.errors)) from None
     try:
         arch_for_model_id(job.model_id)
     except UnknownArchError as exc:

@@ -38,6 +38,9 @@ class Manifest:
     recipe_hash: str
     run_id: str
     parent_model_id: str | None = None
+    # The training job that made this version (`request_id`, stream entry id); empty when none.
+    request_id: str = ""
+    entry_id: str = ""
 
 
 def parse_manifest(raw: str | bytes, *, expected_hash: str) -> Manifest:

@@ -1,13 +1,19 @@
 """Model directory layout: `<model_dir>/<model_id>/<version>/{model.pt,manifest.json,metrics.json}`.
 
 `<model_id>/CURRENT` names the version being served; it is replaced atomically (write, then
-rename), so a reader never sees half a pointer.
+rename), so a reader never sees half a pointer. Beside it, `GATE.json` is the promotion gate's
+memory (see `promotion.py`) and `.gate.lock` serialises promotions between API replicas.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from handwriting_ai.inference.manifest import SAFE_ID
@@ -16,6 +22,8 @@ MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 CURRENT_FILE = "CURRENT"
+GATE_FILE = "GATE.json"
+LOCK_FILE = ".gate.lock"
 
 
 def check_id(value: str, what: str) -> str:
@@ -49,12 +57,50 @@ def current_version(model_dir: Path, model_id: str) -> str | None:
     return check_id(name, "version") if name else None
 
 
+def read_pointer(model_dir: Path, model_id: str) -> str | None:
+    """What `CURRENT` names; None when there is no pointer (unlike `current_version`)."""
+    pointer = model_dir / check_id(model_id, "model_id") / CURRENT_FILE
+    try:
+        name = pointer.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return check_id(name, "version") if name else None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def set_current(model_dir: Path, model_id: str, version: str) -> None:
     root = model_dir / check_id(model_id, "model_id")
     check_id(version, "version")
-    tmp = root / f".{CURRENT_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(version + "\n")
-    os.replace(tmp, root / CURRENT_FILE)
+    write_atomic(root / CURRENT_FILE, version + "\n")
+
+
+@contextmanager
+def model_lock(model_dir: Path, model_id: str, *, timeout_s: float) -> Iterator[None]:
+    """An exclusive lock on one model id, shared by every process on this model directory.
+
+    `flock` on `<model_id>/.gate.lock`: the kernel drops it when its holder dies, so a killed
+    replica never leaves it taken. Raises `TimeoutError` when held elsewhere for `timeout_s`.
+    """
+    path = model_dir / check_id(model_id, "model_id") / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{path} held elsewhere for {timeout_s:g} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
 
 
 def bundled_model_dir() -> Path | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import uuid
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from attrs import evolve, frozen
 
+from handwriting_ai.api.json_body import JsonBodyError, parse_json
 from handwriting_ai.errors import ConflictError, InvalidArtifactError
 from handwriting_ai.inference.manifest import Manifest, ManifestError, parse_manifest
 from handwriting_ai.inference.store import (
@@ -47,6 +47,21 @@ def check_artifact(
         check_id(model_id, "model_id")
     except ValueError as exc:
         raise InvalidArtifactError("invalid_model_id", str(exc)) from None
+    # Both documents are client input: read strictly first (no huge integers, deep nesting,
+    # NaN, lone surrogates or repeated keys), so that what is stored is plain JSON any reader
+    # parses, and a hostile one is a 400, never a 500.
+    try:
+        parse_json(manifest_raw)
+    except JsonBodyError as exc:
+        raise InvalidArtifactError(
+            "invalid_manifest", f"manifest.json is not JSON: {exc}"
+        ) from None
+    try:
+        metrics = parse_json(metrics_raw)
+    except JsonBodyError as exc:
+        raise InvalidArtifactError("invalid_metrics", f"metrics.json is not JSON: {exc}") from None
+    if not isinstance(metrics, dict):
+        raise InvalidArtifactError("invalid_metrics", "metrics.json must be a JSON object")
     try:
         manifest = parse_manifest(manifest_raw, expected_hash=expected_hash)
     except ManifestError as exc:
@@ -69,12 +84,6 @@ def check_artifact(
         raise InvalidArtifactError(
             "invalid_weights", f"model.pt does not load into {manifest.arch!r}: {str(exc)[:300]}"
         ) from None
-    try:
-        metrics = json.loads(metrics_raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidArtifactError("invalid_metrics", f"metrics.json is not JSON: {exc}") from None
-    if not isinstance(metrics, dict):
-        raise InvalidArtifactError("invalid_metrics", "metrics.json must be a JSON object")
     return manifest
 
 

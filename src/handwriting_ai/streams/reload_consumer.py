@@ -1,9 +1,12 @@
 """The API's reload consumer: follow `digits:events` and hand each `completed` event to a callback.
 
 Plain XREAD, no consumer group: every API replica must see every event, since each one serves
-its own copy of the model. It starts at the stream's newest entry (events from before the
-process started are already reflected by `CURRENT` on disk), survives Redis outages by backing
-off and reconnecting, and stops when its task is cancelled.
+its own copy of the model. The callback only wakes the replica's reconciler
+(`inference/reconcile.py`), which decides from the model directory what to serve; so this
+consumer may start at the stream's newest entry, lose events while Redis is down, or see one
+before its version is stored: the reconciler's pass at start-up and every
+`DIGITS__RECONCILE_INTERVAL_S` makes good whatever an event did not. It survives Redis outages by
+backing off and reconnecting, and stops when its task is cancelled.
 """
 
 from __future__ import annotations
