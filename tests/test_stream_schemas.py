@@ -29,7 +29,6 @@ from handwriting_ai.contracts.schema_gen import (
     type_schema,
     write_all,
 )
-from handwriting_ai.streams.compat import parse_xautoclaim, xautoclaim_deleted_ids
 from handwriting_ai.streams.keys import DEAD_STREAM, EVENTS_STREAM, JOBS_GROUP, JOBS_STREAM
 from redis_server import (
     RedisServer,
@@ -249,51 +248,3 @@ async def test_restart_comes_back_empty_on_the_same_port(
     assert server.port == port
     await client.connection_pool.disconnect()
     assert await client.xlen(JOBS_STREAM) == 0
-
-
-async def test_xautoclaim_reads_the_same_on_every_version(
-    server: RedisServer, client: redis.asyncio.Redis
-) -> None:
-    await client.xgroup_create(JOBS_STREAM, JOBS_GROUP, id="0", mkstream=True)
-    kept = await client.xadd(JOBS_STREAM, {"model_id": "kept"})
-    gone = await client.xadd(JOBS_STREAM, {"model_id": "gone"})
-    await client.xreadgroup(JOBS_GROUP, "worker-a", {JOBS_STREAM: ">"})
-    await client.xdel(JOBS_STREAM, gone)
-
-    reply = await client.xautoclaim(JOBS_STREAM, JOBS_GROUP, "worker-b", min_idle_time=0)
-    assert parse_xautoclaim(reply) == ("0-0", [(kept, {"model_id": "kept"})])
-    # 7.x names the deleted entry and forgets it; 6.2 answers a bare nil and keeps it pending.
-    on_7 = server.version.startswith("7.")
-    assert xautoclaim_deleted_ids(reply) == ([gone] if on_7 else [])
-    assert (await client.xpending(JOBS_STREAM, JOBS_GROUP))["pending"] == (1 if on_7 else 2)
-    assert server.version.startswith(("6.2.", "7."))
-
-
-@pytest.mark.parametrize(
-    ("reply", "entries", "deleted"),
-    [
-        # 7.x, raw: [cursor, [[id, [k, v, ...]], ...], [deleted ids]]
-        (
-            [b"0-0", [[b"1-0", [b"model_id", b"m"]]], [b"2-0"]],
-            [("1-0", {"model_id": "m"})],
-            ["2-0"],
-        ),
-        # 6.2 through redis-py: a deleted entry becomes (None, None)
-        (["5-0", [("1-0", {"model_id": "m"}), (None, None)]], [("1-0", {"model_id": "m"})], []),
-        # 6.2, raw: a deleted entry is a bare nil
-        ([b"0-0", [[b"1-0", [b"model_id", b"m"]], None]], [("1-0", {"model_id": "m"})], []),
-        # an entry with an id but no fields is a deleted one too
-        ([b"0-0", [[b"2-0", None]]], [], ["2-0"]),
-    ],
-)
-def test_xautoclaim_reply_shapes(
-    reply: object, entries: list[tuple[str, dict[str, str]]], deleted: list[str]
-) -> None:
-    assert parse_xautoclaim(reply)[1] == entries
-    assert xautoclaim_deleted_ids(reply) == deleted
-
-
-@pytest.mark.parametrize("reply", [None, [b"0-0"], [b"0-0", "nope"], [b"0-0", [[1, 2, 3]]]])
-def test_xautoclaim_refuses_unknown_shapes(reply: object) -> None:
-    with pytest.raises(ValueError, match="unexpected XAUTOCLAIM"):
-        parse_xautoclaim(reply)

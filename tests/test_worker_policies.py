@@ -1,28 +1,42 @@
-"""The worker's pure delivery policies with plain values, and the XAUTOCLAIM scan against real
-Redis 6.2 and 7.x: the cursor is carried from call to call and restarts only after a full pass."""
+"""The worker's pure delivery policies and transitions with plain values, and the Redis side of
+them against real Redis 6.2 and 7.x: lease-based reclaim (a live owner keeps its entry however
+idle it looks), the fenced commit (a worker that lost its entry writes nothing), and trimming."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from handwriting_ai.streams.keys import JOBS_GROUP, JOBS_STREAM
-from handwriting_ai.worker import group
+from handwriting_ai.streams.keys import (
+    DEAD_STREAM,
+    EVENTS_STREAM,
+    JOBS_GROUP,
+    JOBS_STREAM,
+    job_events_key,
+    status_key,
+    worker_lease_key,
+)
+from handwriting_ai.worker import group, lifecycle
+from handwriting_ai.worker.commit import Committed, commit_once
 from handwriting_ai.worker.delivery import (
-    ReclaimCursor,
-    over_delivery_cap,
+    SuspectTracker,
+    over_crash_cap,
     retry_decision,
     torch_threads,
     trim_point,
 )
+from handwriting_ai.worker.lifecycle import JobRef, Limits
 from redis_server import find_binary, running_redis, system_binary
 
 BINARIES = {"default": find_binary(), "system": system_binary()}
+LIMITS = Limits(result_ttl_s=100, failure_ttl_s=200, events_maxlen=1000)
+NOW = "2026-01-01T00:00:00.000Z"
 
 
-def test_retry_decision_backs_off_then_gives_up() -> None:
+def test_retry_decision_counts_failures_then_gives_up() -> None:
     intervals = (60.0, 300.0)
     assert retry_decision(1, retry_max=2, intervals_s=intervals).delay_s == 60.0
     assert retry_decision(2, retry_max=2, intervals_s=intervals).delay_s == 300.0
@@ -32,10 +46,10 @@ def test_retry_decision_backs_off_then_gives_up() -> None:
     assert retry_decision(1, retry_max=1, intervals_s=()).delay_s == 0.0
 
 
-def test_poison_cap_and_trim_point() -> None:
-    assert not over_delivery_cap(5, 5)
-    assert over_delivery_cap(6, 5)
-    assert not over_delivery_cap(100, 0)  # 0 turns the cap off
+def test_crash_cap_and_trim_point() -> None:
+    assert not over_crash_cap(4, 5)
+    assert over_crash_cap(5, 5)
+    assert not over_crash_cap(100, 0)  # 0 turns the cap off
     assert trim_point(None, "0-0") is None
     assert trim_point(None, "20-1") == "20-1"
     assert trim_point("9-5", "20-1") == "9-5"
@@ -45,16 +59,65 @@ def test_poison_cap_and_trim_point() -> None:
     assert torch_threads(1, 4) == 1
 
 
-def test_reclaim_cursor_counts_passes() -> None:
-    cursor = ReclaimCursor()
-    cursor.advance("5-0")
-    assert (cursor.cursor, cursor.passes) == ("5-0", 0)
-    cursor.advance("0-0")
-    assert (cursor.cursor, cursor.passes) == ("0-0", 1)
+def test_suspects_are_confirmed_only_after_a_whole_window() -> None:
+    tracker = SuspectTracker()
+    tracker.observe([("1-0", "a"), ("2-0", "b")], now=100.0)
+    assert tracker.confirmed(105.0, window_s=10.0) == []
+    tracker.observe([("1-0", "a"), ("2-0", "c")], now=108.0)  # 2-0 changed hands: starts over
+    assert tracker.confirmed(110.0, window_s=10.0) == [("1-0", "a")]
+    tracker.observe([("2-0", "c")], now=111.0)  # 1-0's owner came back: forgotten
+    assert tracker.confirmed(130.0, window_s=10.0) == [("2-0", "c")]
+    tracker.reset()  # a failed or stalled observation: we saw nothing
+    tracker.observe([("2-0", "c")], now=131.0)
+    assert tracker.confirmed(135.0, window_s=10.0) == []
+
+
+def test_entry_ids_of_hostile_entries() -> None:
+    assert lifecycle.entry_ids({"user_id": "²", "model_id": "m/../x"}, "5-0") == ("job-5-0", 0, "")
+    assert lifecycle.entry_ids({"user_id": "9" * 30}, "5-0")[1] == 0
+    assert lifecycle.entry_ids({"request_id": "r1", "user_id": "7"}, "5-0") == ("r1", 7, "")
+    taken = lifecycle.entry_ids({"request_id": "r1"}, "5-0", known_request_ids=frozenset({"r1"}))
+    assert taken[0] == "job-5-0"  # a malformed entry never writes into another job's status
+
+
+def test_every_ending_acks_and_lets_the_lock_go() -> None:
+    ref = JobRef("r1", 7, "mnist_digitnet_v1", "5-0", "w1")
+    endings = [
+        lifecycle.cancelled(ref, attempt=1, limits=LIMITS, now=NOW),
+        lifecycle.dead(
+            ref,
+            {"model_id": "x"},
+            kind="user",
+            reason="bad",
+            status="failed",
+            attempt=1,
+            deliveries=1,
+            limits=LIMITS,
+            now=NOW,
+        ),
+        lifecycle.retried(
+            ref,
+            {"request_id": "r1", "model_id": "mnist_digitnet_v1"},
+            message="boom",
+            attempt=1,
+            failures=1,
+            due_ms=5,
+            retry_at=NOW,
+            limits=LIMITS,
+            now=NOW,
+        ),
+    ]
+    for transition in endings:
+        names = [command[0] for command in transition.commands]
+        assert names[-1] == "XACK", transition.name
+        assert lifecycle.DEL_IF_EQUAL in names, transition.name
+        assert [e.type for e in transition.events][-1] == "digits.train.failed.v1"
+    assert lifecycle.skipped(ref).commands == (("XACK", JOBS_STREAM, JOBS_GROUP, "5-0"),)
+    assert "XACK" not in [c[0] for c in lifecycle.released(ref, now=NOW).commands]
 
 
 @pytest.mark.parametrize("which", ["default", "system"])
-async def test_reclaim_scan_carries_its_cursor(tmp_path: Path, which: str) -> None:
+async def test_reclaim_needs_an_idle_entry_and_a_lost_lease(tmp_path: Path, which: str) -> None:
     binary = BINARIES[which]
     if binary is None:
         pytest.skip("no system redis-server")
@@ -62,29 +125,88 @@ async def test_reclaim_scan_carries_its_cursor(tmp_path: Path, which: str) -> No
         redis = Redis.from_url(server.url, decode_responses=True)
         await group.ensure_group(redis)
         await group.ensure_group(redis)  # BUSYGROUP is tolerated
-        ids = [str(await redis.xadd(JOBS_STREAM, {"model_id": f"m{i}"})) for i in range(5)]
-        await group.read_new(redis, "dead-worker", count=5, block_ms=1)
-        cursor = ReclaimCursor()
-        seen: list[str] = []
-        for _ in range(3):
-            entries, _ = await group.reclaim(redis, "alive", cursor, min_idle_ms=0, count=2)
-            seen += [entry_id for entry_id, _ in entries]
-            if cursor.passes:
-                break
-        assert seen == ids  # in order, each once: the scan went on from where it stopped
-        assert cursor.passes == 1
-        assert await group.deliveries(redis, ids[0]) == 2
-        # A pending entry deleted from the stream is acknowledged, never returned.
-        await redis.xdel(JOBS_STREAM, ids[1])
-        entries, nameless = await group.reclaim(redis, "third", cursor, min_idle_ms=0, count=10)
-        if nameless:  # Redis 6.2 names no id: our own pending list is cleaned instead
-            await group.ack_deleted_own(redis, "third", keep=set())
-        assert [e for e, _ in entries] == [ids[0], *ids[2:]]
+        ids = [str(await redis.xadd(JOBS_STREAM, {"model_id": f"m{i}"})) for i in range(3)]
+        await group.read_new(redis, "alive", count=1, block_ms=1)
+        await group.read_new(redis, "dead", count=2, block_ms=1)
+        mine, held = await group.heartbeat(redis, "alive", [ids[0]], lease_ms=60_000)
+        assert (mine, held) == ({ids[0]}, {ids[0]})
+        # However idle, the live owner's entry is no suspect and cannot be claimed.
+        found = await group.suspects(redis, "thief")
+        assert sorted(found) == [(ids[1], "dead"), (ids[2], "dead")]
+        assert await group.claim(redis, "thief", ids[0], owner="alive", min_idle_ms=0) is None
+        # The dead owner's entry: only once idle past the claim time.
+        assert await group.claim(redis, "thief", ids[1], owner="dead", min_idle_ms=60_000) is None
+        claimed = await group.claim(redis, "thief", ids[1], owner="dead", min_idle_ms=0)
+        assert claimed == (ids[1], {"model_id": "m1"})
+        # A claim that lost the race (owner changed meanwhile) takes nothing.
+        assert await group.claim(redis, "other", ids[1], owner="dead", min_idle_ms=0) is None
+        # A pending entry deleted from the stream is acked, never returned (6.2 and 7.x).
+        await redis.xdel(JOBS_STREAM, ids[2])
+        assert await group.claim(redis, "thief", ids[2], owner="dead", min_idle_ms=0) is None
         pending = await redis.xpending(JOBS_STREAM, JOBS_GROUP)
-        assert pending["pending"] == 4
+        assert pending["pending"] == 2
+        # A lease that expires makes the owner a suspect; a dropped lease at once.
+        await group.drop_lease(redis, "alive")
+        assert not await redis.exists(worker_lease_key("alive"))
+        assert (ids[0], "alive") in await group.suspects(redis, "thief")
         # Trim keeps every pending entry.
         await redis.xack(JOBS_STREAM, JOBS_GROUP, ids[0])
-        point = await group.trim(redis)
-        assert point == ids[2]
-        assert [e for e, _ in await redis.xrange(JOBS_STREAM) or []] == ids[2:]
+        assert await group.trim(redis) == ids[1]
+        assert [e for e, _ in await redis.xrange(JOBS_STREAM) or []] == [ids[1]]
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("which", ["default", "system"])
+async def test_commit_is_fenced_and_atomic(tmp_path: Path, which: str) -> None:
+    binary = BINARIES[which]
+    if binary is None:
+        pytest.skip("no system redis-server")
+    with running_redis(tmp_path, binary=binary) as server:
+        redis = Redis.from_url(server.url, decode_responses=True)
+        await group.ensure_group(redis)
+        entry_id = str(await redis.xadd(JOBS_STREAM, {"model_id": "nosucharch", "user_id": "²"}))
+        await group.read_new(redis, "old-owner", count=1, block_ms=1)
+        ref = JobRef("job-" + entry_id, 0, "", entry_id, "old-owner")
+        dead = lifecycle.dead(
+            ref,
+            {"model_id": "nosucharch", "user_id": "²"},
+            kind="user",
+            reason="bad @ $.model_id",
+            status="failed",
+            attempt=1,
+            deliveries=1,
+            limits=LIMITS,
+            now=NOW,
+        )
+        # Another worker took the entry: the old owner's whole ending is refused, nothing lands.
+        await redis.xclaim(JOBS_STREAM, JOBS_GROUP, "new-owner", 0, [entry_id])
+        lost = await commit_once(redis, dead, entry_id=entry_id, consumer="old-owner")
+        assert lost is Committed.LOST
+        assert await redis.xlen(DEAD_STREAM) == 0
+        assert await redis.exists(status_key(ref.request_id), EVENTS_STREAM) == 0
+        # The owner's ending lands whole: event, dead letter, final status, ack.
+        new_ref = JobRef(ref.request_id, 0, "", entry_id, "new-owner")
+        dead = lifecycle.dead(
+            new_ref,
+            {"model_id": "nosucharch", "user_id": "²"},
+            kind="user",
+            reason="bad @ $.model_id",
+            status="failed",
+            attempt=1,
+            deliveries=1,
+            limits=LIMITS,
+            now=NOW,
+        )
+        written = await commit_once(redis, dead, entry_id=entry_id, consumer="new-owner")
+        assert written is Committed.WRITTEN
+        assert (await redis.xpending(JOBS_STREAM, JOBS_GROUP))["pending"] == 0
+        assert await redis.hget(status_key(ref.request_id), "status") == "failed"
+        letter = (await redis.xrange(DEAD_STREAM))[0][1]
+        assert json.loads(letter["entry_fields"]) == {"model_id": "nosucharch", "user_id": "²"}
+        assert await redis.xlen(job_events_key(ref.request_id)) == 1
+        assert 0 < await redis.ttl(status_key(ref.request_id)) <= 200
+        # Asked again (an answer lost in an outage): the entry has ended, nothing is repeated.
+        again = await commit_once(redis, dead, entry_id=entry_id, consumer="new-owner")
+        assert again is Committed.ALREADY_ENDED
+        assert await redis.xlen(DEAD_STREAM) == 1
         await redis.aclose()

@@ -12,7 +12,7 @@ import redis
 from redis.asyncio import Redis
 
 from handwriting_ai.contracts.events import TrainFailed
-from handwriting_ai.streams.keys import JOBS_GROUP, JOBS_STREAM
+from handwriting_ai.streams.keys import JOBS_GROUP, JOBS_STREAM, status_key
 from handwriting_ai.worker import Worker
 from redis_server import running_redis
 from tiny_mnist import write_tiny_mnist
@@ -81,31 +81,35 @@ async def test_group_is_recreated_when_redis_comes_back_empty(
             client.close()
 
 
-async def test_an_entry_over_the_delivery_cap_is_dead_lettered(
+async def test_a_job_whose_runs_keep_ending_their_worker_is_dead_lettered(
     tmp_path: Path, data_root: Path, api: LiveApi
 ) -> None:
     with running_redis(tmp_path) as server:
         client = redis.Redis.from_url(server.url)
         client.xgroup_create(JOBS_STREAM, JOBS_GROUP, id="0", mkstream=True)
-        entry_id = xadd(client, job("poison"))
-        # Five deliveries to workers that died holding it (each XCLAIM counts one).
-        client.xreadgroup(JOBS_GROUP, "ghost-1", {JOBS_STREAM: ">"}, count=1)
-        for n in range(2, 6):
-            client.xclaim(JOBS_STREAM, JOBS_GROUP, f"ghost-{n}", 0, [entry_id])
+        xadd(client, job("poison"))
+        # Four runs that ended their worker, the last one still marked running by a dead owner
+        # (no lease): taking it over counts the fifth crash.
+        client.xreadgroup(JOBS_GROUP, "ghost-4", {JOBS_STREAM: ">"}, count=1)
+        client.hset(
+            status_key("poison"),
+            mapping={"request_id": "poison", "status": "running", "worker": "ghost-4"}
+            | {"attempts": "4", "crashes": "4", "model_id": TINY_MODEL_ID},
+        )
         env = worker_env(
             server.url,
             data_root,
             tmp_path,
             api,
-            STREAMS__CLAIM_MIN_IDLE_S="0.1",
+            STREAMS__HEARTBEAT_INTERVAL_S="0.1",
+            STREAMS__CLAIM_MIN_IDLE_S="0.3",
             STREAMS__RECLAIM_INTERVAL_S="0.1",
             STREAMS__MAX_DELIVERIES="5",
         )
-        await asyncio.sleep(0.2)  # let the entry go idle past the min-idle time
         assert await asyncio.wait_for(_run_until(env, client), 120)
         failed = [e for e in events(client, "poison") if isinstance(e, TrainFailed)]
         assert [(f.error_kind, f.will_retry) for f in failed] == [("system", False)]
-        assert "delivered 6 times (max 5)" in failed[0].message
+        assert "ended the worker 5 times" in failed[0].message
         assert status(client, "poison")["status"] == "dead"
         assert [letter.request_id for letter in dead_letters(client)] == ["poison"]
         assert client.xpending(JOBS_STREAM, JOBS_GROUP)["pending"] == 0

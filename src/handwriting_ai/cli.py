@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from handwriting_ai.logging import configure_logging, get_logger
 from handwriting_ai.settings import Settings, SettingsError, load_settings
@@ -26,15 +27,42 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from handwriting_ai.supervisor.parent import watch_parent_from_env
+
+    watch_parent_from_env()  # under `digits up`: exit at once if it is gone, however it ended
+
     import uvicorn
 
     from handwriting_ai.api.app import create_app
+    from handwriting_ai.supervisor.parent import exit_hard_after
+    from handwriting_ai.supervisor.up import API_GRACEFUL_S, API_STOP_DEADLINE_S
+
+    class BoundedServer(uvicorn.Server):
+        """uvicorn whose stop has a deadline: whatever still runs `API_STOP_DEADLINE_S` after
+        the first SIGTERM/SIGINT (app shutdown, interpreter teardown), the process ends."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self.should_exit:
+                exit_hard_after(
+                    API_STOP_DEADLINE_S, f"still running {API_STOP_DEADLINE_S} s after stop"
+                )
+            super().handle_exit(sig, frame)
 
     settings = _settings(args)
     host = args.host or settings.app.host
     port = args.port or settings.app.port
     print(f"digits: API listening on http://{host}:{port} (OpenAPI at /schema)", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        # On SIGTERM, keep-alive and SSE connections (event streams never end by themselves) get
+        # this long, then are closed: an open client never holds the API past its stop.
+        timeout_graceful_shutdown=API_GRACEFUL_S,
+    )
+    BoundedServer(config).run()
     return 0
 
 
@@ -120,7 +148,7 @@ def cmd_settings_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from handwriting_ai.worker import run_worker
+    from handwriting_ai.worker.main import run as run_worker
 
     settings = _settings(args)
     return run_worker(settings, concurrency=args.concurrency, burst=args.burst)

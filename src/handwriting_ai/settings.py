@@ -73,6 +73,7 @@ class DigitsSettings:
     predict_timeout_seconds: float = 5.0
     visualize_max_kb: int = 16
     promotion_tolerance: float = 0.002
+    reconcile_interval_s: float = 30.0
 
 
 def _ids_hook(value: object, _: object) -> tuple[str, ...]:
@@ -145,8 +146,9 @@ class StreamsSettings:
     reclaim_interval_s: float = 3.0
     block_ms: int = 2_000
     max_deliveries: int = 5
-    # A memory safety valve only: workers trim acknowledged entries with MINID, which never drops
-    # a pending or unread job; MAXLEN at XADD would, so the cap sits far above any real backlog.
+    # A refusal valve, never a trim: at this many entries in `digits:train`, `POST /v1/train`
+    # answers 503 `queue_full` and adds nothing. Workers trim acknowledged entries with MINID,
+    # which never drops a pending or unread job; no XADD on `digits:train` carries MAXLEN.
     jobs_maxlen: int = 1_000_000
     shutdown_grace_s: float = 30.0
 
@@ -234,10 +236,33 @@ def load_settings(env: Mapping[str, str] | None = None, toml_path: Path | None =
             raise SettingsError(f"cannot read settings file {toml_path}: {exc}") from None
     data = _merge(data, _from_env(env))
     try:
-        return structure(data, Settings)
+        settings = structure(data, Settings)
     except ContractError as exc:
         named = [_rename(err) for err in exc.errors]
         raise SettingsError("invalid settings: " + "; ".join(named)) from None
+    problems = cross_checks(settings)
+    if problems:
+        raise SettingsError("invalid settings: " + "; ".join(problems))
+    return settings
+
+
+CLAIM_TO_HEARTBEAT_MIN = 3.0
+
+
+def cross_checks(settings: Settings) -> list[str]:
+    """Rules between settings. A claim idle time near the heartbeat interval would let a worker
+    take a live job whose owner merely missed a heartbeat (a slow round trip, a Redis blip)."""
+    streams = settings.streams
+    problems: list[str] = []
+    if streams.heartbeat_interval_s <= 0:
+        problems.append("STREAMS__HEARTBEAT_INTERVAL_S: must be above 0")
+    elif streams.claim_min_idle_s < CLAIM_TO_HEARTBEAT_MIN * streams.heartbeat_interval_s - 1e-9:
+        problems.append(
+            f"STREAMS__CLAIM_MIN_IDLE_S: must be at least {CLAIM_TO_HEARTBEAT_MIN:g} x"
+            f" STREAMS__HEARTBEAT_INTERVAL_S ({streams.heartbeat_interval_s:g} s), so that a live"
+            f" worker keeps its job; got {streams.claim_min_idle_s:g}"
+        )
+    return problems
 
 
 _EXTRA = re.compile(r"^extra fields found \((?P<names>.*)\)$")

@@ -38,8 +38,10 @@ MEANINGS: dict[str, str] = {
     "DIGITS__MAX_IMAGE_PIXELS": "decompression-bomb guard, checked before decoding (413)",
     "DIGITS__PREDICT_TIMEOUT_SECONDS": "per read, queueing included (504 `timeout`)",
     "DIGITS__VISUALIZE_MAX_KB": "cap on `visual_png_b64`",
-    "DIGITS__PROMOTION_TOLERANCE": "how much lower a new version's val_acc may be and still "
-    "replace the served one",
+    "DIGITS__PROMOTION_TOLERANCE": "how much lower a new version's val_acc may be than the "
+    "served one's, and than the best ever served, and still replace it",
+    "DIGITS__RECONCILE_INTERVAL_S": "how often each API replica re-reads `CURRENT` and judges "
+    "stored versions that no event promoted",
     "SECURITY__API_KEY": "when set, `/v1/*` needs `X-Api-Key` (constant-time comparison)",
     "SECURITY__ADMIN_KEY": "the key for `/v1/admin/models/upload`; empty: `SECURITY__API_KEY`; "
     "`digits up` generates one when both are empty",
@@ -58,8 +60,9 @@ MEANINGS: dict[str, str] = {
     "STREAMS__RECLAIM_INTERVAL_S": "how often a worker looks for dead workers' entries",
     "STREAMS__BLOCK_MS": "longest `XREADGROUP` block (capped by the reclaim interval)",
     "STREAMS__MAX_DELIVERIES": "an entry delivered more often is dead-lettered as poison",
-    "STREAMS__JOBS_MAXLEN": "memory cap on `digits:train`; workers trim acknowledged entries "
-    "with `MINID`, never pending ones",
+    "STREAMS__JOBS_MAXLEN": "at this many entries in `digits:train`, `POST /v1/train` answers "
+    "503 `queue_full` (a job is refused, never trimmed); workers trim acknowledged entries with "
+    "`MINID`, never pending ones",
     "STREAMS__SHUTDOWN_GRACE_S": "on SIGTERM a worker lets its running job finish this long, "
     "then leaves it pending",
     "REDIS_URL": "Redis for jobs and events; empty: `/v1/train` answers 503 (`digits up` "

@@ -37,7 +37,9 @@ def _to_int(value: object, _: type) -> int:
         return value
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("+-").isdigit():
+        digits = text.removeprefix("-").removeprefix("+")
+        # ASCII only: `'²'.isdigit()` and `'١٢'.isdigit()` are true; a guess is not a parse.
+        if digits.isascii() and digits.isdecimal() and len(digits) <= 4000:
             return int(text)
     raise ValueError(f"expected an integer, got {value!r}")
 

@@ -229,6 +229,8 @@ def _entry_errors(fields: Mapping[str, str]) -> tuple[object, list[str]]:
         data: object = json.loads(raw)
     except json.JSONDecodeError as exc:
         return None, [f"expected the event as JSON, got {raw[:80]!r} ({exc.msg}) @ $"]
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, 100,000-deep nesting
+        return None, [f"expected the event as JSON, got {raw[:80]!r} ({type(exc).__name__}) @ $"]
     if not isinstance(data, dict):
         return None, [f"expected a JSON object, got {type(data).__name__} @ $"]
     kind = data.get("type")

@@ -98,9 +98,21 @@ def _parse(data: Mapping[str, object]) -> TrainJob:
 
 def job_from_fields(fields: Mapping[str, str], *, entry_id: str) -> TrainJob:
     """The job in a `digits:train` entry; a missing `request_id` becomes `job-<entry id>`."""
+    undecodable = sorted(ascii(k) for k, v in fields.items() if not (_utf8(k) and _utf8(v)))
+    if undecodable:
+        # A reader decodes with `surrogateescape`, so bytes that are not UTF-8 arrive here.
+        raise ContractError([f"expected UTF-8 text @ $.{name}" for name in undecodable])
     data: dict[str, object] = dict(fields)
     data.setdefault("request_id", f"job-{entry_id}")
     return _parse(data)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def job_from_json(obj: object, *, default_request_id: str) -> TrainJob:
@@ -134,12 +146,19 @@ class DeadLetter:
 
 
 def dead_letter(
-    fields: Mapping[str, str], *, entry_id: str, reason: str, deliveries: int, ts: str
+    fields: Mapping[str, str],
+    *,
+    entry_id: str,
+    reason: str,
+    deliveries: int,
+    ts: str,
+    request_id: str | None = None,
 ) -> DeadLetter:
-    """Keep the original fields verbatim (they may be the problem) beside the reason."""
+    """Keep the original fields verbatim (they may be the problem) beside the reason;
+    `request_id` is the one the job's events used (a malformed one is replaced)."""
     return DeadLetter(
         entry_id=entry_id,
-        request_id=fields.get("request_id") or f"job-{entry_id}",
+        request_id=request_id or fields.get("request_id") or f"job-{entry_id}",
         reason=reason,
         deliveries=deliveries,
         ts=ts,

@@ -41,6 +41,15 @@ def worker_health_key(consumer: str) -> str:
     return f"digits:worker:{consumer}:health"
 
 
+LEASE_PREFIX, LEASE_SUFFIX = "digits:worker:", ":lease"
+
+
+def worker_lease_key(consumer: str) -> str:
+    """A worker's lease, refreshed by every heartbeat with a short expiry: while it exists the
+    worker is alive, and no other worker takes its entries, however idle they look."""
+    return f"{LEASE_PREFIX}{consumer}{LEASE_SUFFIX}"
+
+
 def job_lock_key(request_id: str) -> str:
     """Which entry of a job is running now (`<consumer> <entry id>`), kept alive by the running
     worker's heartbeat: a second entry with the same request_id does not train it twice."""

@@ -1,5 +1,7 @@
 """Publish training events: the shared `digits:events` stream (trimmed with MAXLEN ~) and the
-job's own stream for SSE replay. Progress is best-effort; final events are retried until stored."""
+job's own stream for SSE replay. Progress is best-effort. A worker's lifecycle events (started,
+completed, failed) are not published here: they are written with the job's status and ack in one
+fenced step (`worker/commit.py`)."""
 
 from __future__ import annotations
 
@@ -43,11 +45,15 @@ class EventPublisher:
             await pipe.execute()
         self.published += 1
 
-    async def publish(self, event: TrainEvent) -> bool:
+    async def publish(self, event: TrainEvent, *, best_effort: bool = False) -> bool:
         """Progress (batch/epoch) is skipped when events are disabled and dropped on a Redis
-        error: training never waits on it. Everything else is retried until stored."""
+        error: training never waits on it. With `best_effort` any event is tried once and a
+        Redis error is raised to the caller. Everything else is retried until stored."""
         if isinstance(event, _PROGRESS) and not self.enabled:
             return False
+        if best_effort:
+            await self._store(event)
+            return True
         if isinstance(event, _PROGRESS):
             try:
                 await self._store(event)

@@ -2,7 +2,8 @@
 
 Flat string fields: `request_id`, `model_id`, `user_id`, `status`, `attempts`, `entry_id`,
 `created_at`, `updated_at`, `worker`, `progress` (JSON), `result` (JSON), `error_kind`,
-`message`, `cancel_requested` ("1" once asked), `retry_at` (ISO, while waiting for a retry).
+`message`, `cancel_requested` ("1" once asked), `retry_at` (ISO, while waiting for a retry),
+`crashes` (runs that never reached an outcome: their worker died), `failures` (system failures).
 A job in a final state expires after the result or failure TTL; running jobs never expire.
 """
 
@@ -40,6 +41,8 @@ class JobStatus:
     message: str
     cancel_requested: bool
     retry_at: str
+    crashes: int = 0
+    failures: int = 0
 
     @property
     def final(self) -> bool:
@@ -51,7 +54,7 @@ def _json_object(raw: str | None) -> dict[str, JsonValue]:
         return {}
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # hand-written garbage in Redis: show nothing
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -62,12 +65,13 @@ def parse_status(fields: Mapping[str, str]) -> JobStatus | None:
         return None
     attempts = fields.get("attempts", "0")
     user_id = fields.get("user_id", "0")
+    crashes, failures = fields.get("crashes", "0"), fields.get("failures", "0")
     return JobStatus(
         request_id=fields.get("request_id", ""),
         model_id=fields.get("model_id", ""),
-        user_id=int(user_id) if user_id.isdigit() else 0,
+        user_id=_count(user_id),
         status=fields["status"],
-        attempts=int(attempts) if attempts.isdigit() else 0,
+        attempts=_count(attempts),
         entry_id=fields.get("entry_id", ""),
         created_at=fields.get("created_at", ""),
         updated_at=fields.get("updated_at", ""),
@@ -78,7 +82,14 @@ def parse_status(fields: Mapping[str, str]) -> JobStatus | None:
         message=fields.get("message", ""),
         cancel_requested=fields.get("cancel_requested") == "1",
         retry_at=fields.get("retry_at", ""),
+        crashes=_count(crashes),
+        failures=_count(failures),
     )
+
+
+def _count(text: str) -> int:
+    """ASCII digits only (`'²'.isdigit()` is true and `int('²')` raises); else 0."""
+    return int(text) if text.isascii() and text.isdecimal() and len(text) <= 19 else 0
 
 
 async def read_status(redis: Redis, request_id: str) -> JobStatus | None:

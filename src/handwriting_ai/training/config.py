@@ -78,6 +78,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     notes: str = ""
     parent_model_id: str | None = None
+    # The job that asked for the run (empty for `digits train`): kept in the manifest.
+    request_id: str = ""
+    entry_id: str = ""
 
     def effective_aug(self) -> AugmentConfig:
         """`augment=true` with untouched knobs means the robust defaults."""
@@ -107,7 +110,7 @@ def recipe_of(cfg: TrainConfig) -> Recipe:
     assert isinstance(data, dict)
     recipe: Recipe = {}
     for key, value in data.items():
-        if key in {"model_id", "notes", "parent_model_id", "threads"}:
+        if key in {"model_id", "notes", "parent_model_id", "threads", "request_id", "entry_id"}:
             continue
         if isinstance(value, dict):
             for sub_key, sub_value in value.items():

@@ -214,6 +214,8 @@ def run_training(
         recipe_hash=recipe_hash(recipe),
         run_id=run_id,
         parent_model_id=cfg.parent_model_id,
+        request_id=cfg.request_id,
+        entry_id=cfg.entry_id,
     )
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     metrics["duration_s"] = round(time.perf_counter() - started, 2)

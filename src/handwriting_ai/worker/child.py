@@ -2,7 +2,9 @@
 
 The parent sends a `ChildJob`; the child answers with progress messages (the training reporter's
 own `BatchProgress`/`EpochProgress`/`BestProgress`) and ends each job with `ChildDone` or
-`ChildError`. Messages are small picklable attrs classes; nothing here touches Redis.
+`ChildError`, every one wrapped in a `Tagged` with the job's token, so a message of an earlier run
+can never be taken for the current job's. Messages are small picklable attrs classes; nothing here
+touches Redis. The child dies with its worker (`PR_SET_PDEATHSIG`, and EOF on the pipe).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class ChildReady:
 
 @frozen
 class ChildJob:
+    token: str  # unique per run: every answer carries it
+    request_id: str
+    entry_id: str
     model_id: str
     arch: str
     epochs: int
@@ -55,7 +60,18 @@ class ChildError:
     message: str
 
 
-ChildMessage = ChildReady | BatchProgress | EpochProgress | BestProgress | ChildDone | ChildError
+Answer = BatchProgress | EpochProgress | BestProgress | ChildDone | ChildError
+
+
+@frozen
+class Tagged:
+    """An answer to the job with this token."""
+
+    token: str
+    message: Answer
+
+
+ChildMessage = ChildReady | Tagged
 # The child's end of the Pipe sends messages and receives jobs (`None`: stop); the parent's is
 # the mirror image.
 if TYPE_CHECKING:  # typeshed's Connection is generic; the runtime class is not subscriptable
@@ -66,17 +82,18 @@ if TYPE_CHECKING:  # typeshed's Connection is generic; the runtime class is not 
 class PipeReporter:
     """The training reporter protocol, forwarding each message to the parent."""
 
-    def __init__(self, conn: ChildConn) -> None:
+    def __init__(self, conn: ChildConn, token: str) -> None:
         self.conn = conn
+        self.token = token
 
     def on_batch(self, progress: BatchProgress) -> None:
-        self.conn.send(progress)
+        self.conn.send(Tagged(self.token, progress))
 
     def on_epoch(self, progress: EpochProgress) -> None:
-        self.conn.send(progress)
+        self.conn.send(Tagged(self.token, progress))
 
     def on_best(self, progress: BestProgress) -> None:
-        self.conn.send(progress)
+        self.conn.send(Tagged(self.token, progress))
 
 
 def _train(job: ChildJob, conn: ChildConn, cancel: Event) -> ChildDone | ChildError:
@@ -96,13 +113,15 @@ def _train(job: ChildJob, conn: ChildConn, cancel: Event) -> ChildDone | ChildEr
         aug=AugmentConfig.robust() if job.augment else AugmentConfig(),
         notes=job.notes,
         threads=job.threads,
+        request_id=job.request_id,
+        entry_id=job.entry_id,
     )
     try:
         result = run_training(
             cfg,
             data_root=Path(job.data_root),
             model_dir=Path(job.model_dir),
-            reporter=PipeReporter(conn),
+            reporter=PipeReporter(conn, job.token),
             should_stop=cancel.is_set,
             batch_every=job.batch_every,
         )
@@ -123,11 +142,29 @@ def _train(job: ChildJob, conn: ChildConn, cancel: Event) -> ChildDone | ChildEr
     )
 
 
-def child_main(conn: ChildConn, cancel: Event, log_level: str, log_format: str) -> None:
+def die_with_parent() -> None:
+    """SIGKILL this process when the worker that spawned it dies (Linux; elsewhere the pipe's
+    EOF ends an idle child)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def child_main(
+    conn: ChildConn, cancel: Event, log_level: str, log_format: str, fail_start: bool = False
+) -> None:
     """Entry point of a spawned slot process: it starts unconfigured, so logging is set up
-    again, and torch is imported before `ChildReady` so the first job pays no import."""
+    again, and torch is imported before `ChildReady` so the first job pays no import.
+    `fail_start` (fault injection only) makes it exit before it is ready."""
     import os
 
+    die_with_parent()
+    if fail_start:
+        os._exit(3)
     from handwriting_ai.logging import configure_logging
 
     configure_logging(log_level, log_format)
@@ -145,4 +182,4 @@ def child_main(conn: ChildConn, cancel: Event, log_level: str, log_format: str) 
         if not isinstance(job, ChildJob):
             return  # `None` asks the child to stop
         cancel.clear()
-        conn.send(_train(job, conn, cancel))
+        conn.send(Tagged(job.token, _train(job, conn, cancel)))

@@ -1,11 +1,17 @@
 """The worker: a consumer in `digits-workers` that reads new jobs AND reclaims dead workers' jobs.
 
 Loops, all on one event loop that never blocks on torch:
-- dispatch: for each free slot, take our own pending entries first (a restart), then a reclaim
-  step (XAUTOCLAIM, cursor carried), then new entries (XREADGROUP `>`);
-- heartbeat: XCLAIM our in-flight entries (idle time stays low, so no live job is reclaimed),
-  refresh the per-job locks and the health key, and pass on cancellation requests;
+- dispatch: for each free slot, take our own pending entries first (a restart, or a job of ours
+  that ended without an outcome), then a dead worker's entry (`group.suspects` -> a confirmation
+  window -> `group.claim`), then new entries (XREADGROUP `>`);
+- heartbeat: renew our lease, XCLAIM our in-flight entries (idle time stays low), cancel a run
+  whose entry another worker took, refresh the per-job locks and the health key, and pass on
+  cancellation requests;
 - maintenance: move due retries back onto the stream, trim it, forget consumers that are gone.
+
+Stopping: the first SIGTERM/SIGINT stops reading and gives running jobs `shutdown_grace_s`; the
+second (or the death of the parent that started us) kills the training children and exits at once.
+Either way an unfinished job stays pending, and the next worker takes it.
 """
 
 from __future__ import annotations
@@ -13,25 +19,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from handwriting_ai.contracts.events import now_iso
 from handwriting_ai.logging import get_logger
 from handwriting_ai.settings import Settings
-from handwriting_ai.streams.compat import Entry
 from handwriting_ai.streams.keys import HEALTH_TTL_S, status_key, worker_health_key
 from handwriting_ai.streams.publisher import EventPublisher
-from handwriting_ai.worker import group, ledger
-from handwriting_ai.worker.delivery import ReclaimCursor, consumer_name
-from handwriting_ai.worker.job import JobRun, Outcome, Running, WorkerParts, ids_of
-from handwriting_ai.worker.slots import Slot, SlotPool
+from handwriting_ai.worker import group, ledger, lifecycle
+from handwriting_ai.worker.commit import commit
+from handwriting_ai.worker.delivery import SuspectTracker, consumer_name
+from handwriting_ai.worker.group import Entry
+from handwriting_ai.worker.job import JobRun, Outcome, Running, WorkerParts
+from handwriting_ai.worker.lifecycle import Limits
+from handwriting_ai.worker.slots import Slot, SlotPool, SlotsBrokenError
+from handwriting_ai.worker.uploader import check_upload_key
 
 log = get_logger(__name__)
 TRIM_INTERVAL_S = 30.0
 ERROR_PAUSE_S = 0.5
+CLEANUP_TIMEOUT_S = 2.0
+FORCED_EXIT_AFTER_S = 3.0  # a forced stop that has not finished by then ends the process
+EXIT_CONFIG_ERROR = 2
+EXIT_BROKEN = 1
 
 
 class Worker:
@@ -43,6 +58,7 @@ class Worker:
         concurrency: int = 1,
         burst: bool = False,
         consumer: str | None = None,
+        crash_at: str = "",
     ) -> None:
         self.settings = settings
         self.redis = redis
@@ -62,15 +78,32 @@ class Worker:
             consumer=self.consumer,
             concurrency=self.concurrency,
             lock_ttl_s=max(5, math.ceil(streams.claim_min_idle_s * 2)),
+            limits=Limits(
+                result_ttl_s=streams.result_ttl_s,
+                failure_ttl_s=streams.failure_ttl_s,
+                events_maxlen=settings.events.maxlen,
+            ),
+            crash_at=crash_at,
         )
         self.pool = SlotPool(
-            self.concurrency, log_level=settings.app.log_level, log_format=settings.app.log_format
+            self.concurrency,
+            log_level=settings.app.log_level,
+            log_format=settings.app.log_format,
+            fail_restart=crash_at == "slot_restart",
         )
-        self.cursor = ReclaimCursor()
-        self.own_cursor = "0"  # our own pending entries are read once, from the start
+        # A lease outlives a few missed heartbeats; a dead owner's entries are suspect after it.
+        self.lease_ms = int(streams.heartbeat_interval_s * 2000)
+        self.confirm_window_s = streams.heartbeat_interval_s * 2
+        self.suspects = SuspectTracker()
+        self.own_cursor = True  # read our own pending entries (from the start) before new ones
         self.running: dict[str, Running] = {}
+        self.runs: dict[str, JobRun] = {}
         self.tasks: dict[str, asyncio.Task[Outcome]] = {}
+        self.lost: set[str] = set()
         self.stopping = asyncio.Event()
+        self.forced = False
+        self.exit_code = 0
+        self.main_task: asyncio.Task[None] | None = None
         self.jobs_complete = 0
         self.jobs_failed = 0
         self.jobs_retried = 0
@@ -85,26 +118,81 @@ class Worker:
             f" j_ongoing={len(self.tasks)}>"
         )
 
+    # ------------------------------------------------------------------ stopping
+
     def stop(self) -> None:
-        """SIGTERM: stop reading; running jobs get `shutdown_grace_s` to finish."""
+        """SIGTERM/SIGINT: stop reading, running jobs get `shutdown_grace_s`; asked again, or
+        after the parent is gone: stop at once."""
+        if self.stopping.is_set():
+            self.force("asked again")
+            return
         self.log.info("worker_stopping", running=len(self.tasks))
+        self.stopping.set()
+        if self.main_task is not None and not self.tasks:
+            self.main_task.cancel()  # idle: nothing to wait for, not even a blocked read
+
+    def force(self, reason: str) -> None:
+        if self.forced:
+            return
+        self.log.warning("worker_stopping_now", reason=reason, running=len(self.tasks))
+        self.forced = True
+        self.stopping.set()
+        self.pool.kill_all()
+        for task in self.tasks.values():
+            task.cancel()
+        if self.main_task is not None:
+            self.main_task.cancel()
+        asyncio.get_running_loop().call_later(FORCED_EXIT_AFTER_S, os._exit, 1)
+
+    def fatal(self, exit_code: int, message: str) -> None:
+        self.log.error("worker_cannot_go_on", message=message, exit_code=exit_code)
+        self.exit_code = exit_code
         self.stopping.set()
 
     # ------------------------------------------------------------------ main
 
     async def run(self) -> None:
-        await group.ensure_group(self.redis)
-        await self.pool.start()
-        await self.write_health()
-        self.log.info("worker_started", concurrency=self.concurrency, burst=self.burst)
-        background = [
-            asyncio.create_task(self._every(self.settings.streams.heartbeat_interval_s, self.beat)),
-            asyncio.create_task(self._every(self._maintenance_tick_s(), self.maintain)),
-        ]
+        self.main_task = asyncio.current_task()
+        background: list[asyncio.Task[None]] = []
         try:
-            await self.dispatch()
+            if await self.start():
+                background = [
+                    asyncio.create_task(self._every(self.heartbeat_s, self.beat)),
+                    asyncio.create_task(self._every(self._maintenance_tick_s(), self.maintain)),
+                ]
+                self.log.info("worker_started", concurrency=self.concurrency, burst=self.burst)
+                await self.dispatch()
+        except asyncio.CancelledError:
+            if not self.stopping.is_set():
+                raise
         finally:
             await self.shutdown(background)
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.settings.streams.heartbeat_interval_s
+
+    async def start(self) -> bool:
+        """Check the upload key, create the group (waiting out a Redis that is not up yet) and
+        warm the slots; False when the worker must not go on."""
+        problem = await check_upload_key(
+            self.settings.handwriting_api_url, self.settings.handwriting_api_key
+        )
+        if problem is not None:
+            self.fatal(EXIT_CONFIG_ERROR, problem)
+            return False
+        delay_s = ERROR_PAUSE_S
+        while not self.stopping.is_set():
+            try:
+                await group.ensure_group(self.redis)
+                break
+            except RedisError as exc:
+                self.log.warning("redis_unavailable", step="start", error=str(exc))
+                await asyncio.sleep(delay_s)
+                delay_s = min(self.heartbeat_s, delay_s * 2)
+        await self.pool.start()
+        await self.write_health()
+        return not self.stopping.is_set()
 
     def _maintenance_tick_s(self) -> float:
         return max(0.05, min(1.0, self.settings.streams.reclaim_interval_s))
@@ -116,14 +204,16 @@ class Worker:
             except ResponseError as exc:
                 await self._on_response_error(exc)
             except RedisError as exc:
+                self.suspects.reset()  # we were cut off too: what we saw says nothing
                 self.log.warning("redis_error", step=step.__name__, error=str(exc))
             await asyncio.sleep(interval_s)
 
     async def _on_response_error(self, exc: ResponseError) -> None:
+        self.suspects.reset()
         if group.is_nogroup(exc):  # Redis came back empty: the group must exist again
             self.log.warning("group_missing", error=str(exc))
             await group.ensure_group(self.redis)
-            self.own_cursor = "0"
+            self.own_cursor = True
         else:
             self.log.warning("redis_error", error=str(exc))
             await asyncio.sleep(ERROR_PAUSE_S)
@@ -132,29 +222,38 @@ class Worker:
         self.stopping.set()
         tasks = list(self.tasks.values())
         if tasks:
-            grace_s = self.settings.streams.shutdown_grace_s
-            _, unfinished = await asyncio.wait(tasks, timeout=grace_s)
+            grace_s = 0.0 if self.forced else self.settings.streams.shutdown_grace_s
+            unfinished = set(tasks)
+            if grace_s > 0:
+                _, unfinished = await asyncio.wait(tasks, timeout=grace_s)
             for job_task in unfinished:
                 job_task.cancel()  # kills the child; the entry stays pending for another worker
-            await asyncio.gather(*unfinished, return_exceptions=True)
             if unfinished:
+                await asyncio.wait(unfinished, timeout=CLEANUP_TIMEOUT_S * 2)
                 self.log.warning("jobs_left_pending", count=len(unfinished))
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await self.pool.close()
-        with contextlib.suppress(RedisError):
-            await self.redis.delete(worker_health_key(self.consumer))
-        self.log.info("worker_stopped", worker=repr(self))
+        if self.forced:
+            self.pool.kill_all()
+        else:
+            await self.pool.close()
+        with contextlib.suppress(RedisError, TimeoutError):
+            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                await self.redis.delete(worker_health_key(self.consumer))
+                await group.drop_lease(self.redis, self.consumer)
+        self.log.info("worker_stopped", worker=repr(self), exit_code=self.exit_code)
 
     # ------------------------------------------------------------------ dispatch
 
     async def _free_slot(self) -> Slot | None:
         while not self.stopping.is_set():
-            try:
-                return await asyncio.wait_for(self.pool.acquire(), timeout=0.2)
-            except TimeoutError:
-                continue
+            slot = self.pool.try_acquire()
+            if slot is not None:
+                return slot
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await self.stopping.wait()
         return None
 
     async def dispatch(self) -> None:
@@ -170,10 +269,11 @@ class Worker:
             except ResponseError as exc:
                 await self._on_response_error(exc)
             except RedisError as exc:
+                self.suspects.reset()
                 self.log.warning("redis_error", step="dispatch", error=str(exc))
                 await asyncio.sleep(ERROR_PAUSE_S)
-            if entry is None:
-                self.pool.free.put_nowait(slot)
+            if entry is None or self.stopping.is_set():
+                self.pool.free.put_nowait(slot)  # an entry read now stays pending to us
                 if self.burst and await self._drained():
                     return
                 continue
@@ -183,32 +283,49 @@ class Worker:
         """Burst mode ends when nothing runs, nothing is new and no retry is waiting."""
         return not self.tasks and await ledger.pending_retries(self.redis) == 0
 
-    async def next_entry(self, last_reclaim: float) -> tuple[Entry | None, int, float]:
-        if self.own_cursor:
-            own = await group.read_own_pending(self.redis, self.consumer, count=1)
-            own = [e for e in own if e[0] not in self.running]
-            if own:
-                self.own_cursor = own[0][0]
-                return own[0], await group.deliveries(self.redis, own[0][0]), last_reclaim
-            self.own_cursor = ""
+    async def _own_pending(self) -> Entry | None:
+        own = await group.read_own_pending(self.redis, self.consumer, count=100)
+        fresh = [e for e in own if e[0] not in self.running]
+        if fresh:
+            return fresh[0]
+        self.own_cursor = False
+        return None
+
+    async def _reclaim(self) -> Entry | None:
+        started = time.monotonic()
+        found = await group.suspects(self.redis, self.consumer)
         now = time.monotonic()
-        if now - last_reclaim >= self.settings.streams.reclaim_interval_s:
-            entries, nameless = await group.reclaim(
+        if now - started > self.heartbeat_s:
+            self.suspects.reset()  # a stalled round trip (a paused Redis): we saw nothing
+            return None
+        self.suspects.observe(found, now)
+        for entry_id, owner in self.suspects.confirmed(now, self.confirm_window_s):
+            if entry_id in self.running:
+                continue
+            self.suspects.forget(entry_id)
+            entry = await group.claim(
                 self.redis,
                 self.consumer,
-                self.cursor,
+                entry_id,
+                owner=owner,
                 min_idle_ms=int(self.settings.streams.claim_min_idle_s * 1000),
-                count=1,
             )
-            if nameless:
-                await group.ack_deleted_own(self.redis, self.consumer, set(self.running))
-            entries = [e for e in entries if e[0] not in self.running]
-            if entries:
-                self.log.info("entry_reclaimed", entry_id=entries[0][0])
-                # Keep scanning at once: a dead worker may have left more than one entry.
-                return entries[0], await group.deliveries(self.redis, entries[0][0]), 0.0
-            if self.cursor.cursor == "0-0":
-                last_reclaim = now
+            if entry is not None:
+                self.log.info("entry_reclaimed", entry_id=entry_id, owner=owner)
+                return entry
+        return None
+
+    async def next_entry(self, last_reclaim: float) -> tuple[Entry | None, int, float]:
+        if self.own_cursor:
+            own = await self._own_pending()
+            if own is not None:
+                return own, await group.deliveries(self.redis, own[0]), last_reclaim
+        now = time.monotonic()
+        if now - last_reclaim >= self.settings.streams.reclaim_interval_s:
+            last_reclaim = now
+            entry = await self._reclaim()
+            if entry is not None:
+                return entry, await group.deliveries(self.redis, entry[0]), last_reclaim
         block_ms = int(
             min(self.settings.streams.block_ms, self.settings.streams.reclaim_interval_s * 1000)
         )
@@ -221,31 +338,67 @@ class Worker:
 
     def start_job(self, entry: Entry, deliveries: int, slot: Slot) -> None:
         entry_id, fields = entry
-        running = Running(entry_id, ids_of(fields, entry_id).request_id)
-        self.running[entry_id] = running
         run = JobRun(self.parts, entry_id, fields, deliveries)
-        task = asyncio.create_task(self._job(run, running, slot))
-        self.tasks[entry_id] = task
+        running = Running(entry_id, run.ref.request_id)
+        self.running[entry_id] = running
+        self.runs[entry_id] = run
+        self.tasks[entry_id] = asyncio.create_task(self._job(run, running, slot))
 
     async def _job(self, run: JobRun, running: Running, slot: Slot) -> Outcome:
         outcome: Outcome = "abandoned"
-        try:
-            outcome = await run.run(running, slot)
-        except asyncio.CancelledError:
-            run.log.warning("job_abandoned")
-            raise
-        except (RedisError, OSError, RuntimeError, ValueError) as exc:
-            # Left pending: another delivery (or the poison cap) decides its fate.
-            run.log.error("job_crashed", error=f"{type(exc).__name__}: {exc}")
-        finally:
-            self.running.pop(running.entry_id, None)
-            self.tasks.pop(running.entry_id, None)
-            self._count(outcome)
+        freed = False
+
+        async def free_slot() -> None:
+            nonlocal freed
+            if freed:
+                return
             if self.stopping.is_set():
                 slot.kill()
             else:
                 await self.pool.release(slot)
+            freed = True  # only once back in the pool: a cancelled restart is done again below
+
+        try:
+            outcome = await run.run(running, slot, free_slot)
+        except asyncio.CancelledError:
+            if running.entry_id in self.lost:
+                run.log.warning("job_lost")
+            else:
+                run.log.warning("job_abandoned")
+                await self._release(run)
+            raise
+        except SlotsBrokenError as exc:
+            self.fatal(EXIT_BROKEN, str(exc))
+        except Exception as exc:  # one job's error must never stop the worker
+            # The entry stays pending to us; the heartbeat sees it held but not running and
+            # dispatch reads it again (a crash once it had started, counted toward the cap).
+            run.log.exception("job_crashed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if not freed:
+                freed = True
+                slot.kill()
+                if not self.stopping.is_set():
+                    with contextlib.suppress(SlotsBrokenError):
+                        await self.pool.release(slot)
+            self.running.pop(running.entry_id, None)
+            self.runs.pop(running.entry_id, None)
+            self.tasks.pop(running.entry_id, None)
+            self.lost.discard(running.entry_id)
+            self._count(outcome)
         return outcome
+
+    async def _release(self, run: JobRun) -> None:
+        """A stop left the run unfinished: status back to `queued` (best effort, bounded)."""
+        if not run.started_run or self.forced:
+            return
+        with contextlib.suppress(RedisError, TimeoutError):
+            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                await commit(
+                    self.redis,
+                    lifecycle.released(run.ref, now=now_iso()),
+                    entry_id=run.entry_id,
+                    consumer=self.consumer,
+                )
 
     def _count(self, outcome: Outcome) -> None:
         if outcome == "completed":
@@ -260,22 +413,36 @@ class Worker:
     # ------------------------------------------------------------------ heartbeat
 
     async def beat(self) -> None:
-        snapshot = dict(self.running)
-        if snapshot:
-            mine = await group.heartbeat(self.redis, self.consumer, snapshot)
-            for entry_id, running in snapshot.items():
-                task = self.tasks.get(entry_id)
-                if entry_id not in mine and running.slot is not None and task is not None:
-                    # Another worker took the entry (we were frozen past min-idle): it runs it.
-                    self.log.warning("entry_lost", entry_id=entry_id)
-                    task.cancel()
-            await ledger.refresh_locks(
-                self.redis,
-                [r.request_id for r in snapshot.values()],
-                ttl_s=self.parts.lock_ttl_s,
-            )
-            await self.poll_cancellations(list(snapshot.values()))
+        # A run that wrote its ending no longer holds its entry, even while its slot restarts.
+        snapshot = {e: r for e, r in self.running.items() if not self._ended(e)}
+        mine, held = await group.heartbeat(
+            self.redis, self.consumer, snapshot, lease_ms=self.lease_ms
+        )
+        for entry_id in snapshot:
+            task = self.tasks.get(entry_id)
+            if entry_id not in mine and task is not None and not task.done():
+                # Another worker took the entry (we were frozen past its checks): it runs it now,
+                # and our fenced writes would be refused anyway.
+                self.log.warning("entry_lost", entry_id=entry_id)
+                self.lost.add(entry_id)
+                task.cancel()
+        if held - set(self.running):
+            self.own_cursor = True  # ours but not running: a job that ended without an outcome
+        await ledger.refresh_locks(
+            self.redis,
+            {
+                r.request_id: f"{self.consumer} {r.entry_id}"
+                for e, r in snapshot.items()
+                if e in mine
+            },
+            ttl_s=self.parts.lock_ttl_s,
+        )
+        await self.poll_cancellations([snapshot[e] for e in snapshot if e in mine])
         await self.write_health()
+
+    def _ended(self, entry_id: str) -> bool:
+        run = self.runs.get(entry_id)
+        return run is not None and run.ended
 
     async def poll_cancellations(self, running: list[Running]) -> None:
         for job in running:
@@ -285,12 +452,14 @@ class Worker:
                 job.slot.cancel()
 
     async def write_health(self) -> None:
+        if self.pool.broken:
+            return  # no healthy line for a worker that cannot train
         await self.redis.set(worker_health_key(self.consumer), repr(self), ex=HEALTH_TTL_S)
 
     # ------------------------------------------------------------------ maintenance
 
     async def maintain(self) -> None:
-        moved = await ledger.move_due_retries(self.redis, maxlen=self.settings.streams.jobs_maxlen)
+        moved = await ledger.move_due_retries(self.redis)
         if moved:
             self.log.info("retries_moved", count=moved)
         now = time.monotonic()
@@ -301,11 +470,36 @@ class Worker:
             self.log.debug("stream_maintained", trim_minid=point, removed_consumers=removed)
 
 
-def run_worker(settings: Settings, *, concurrency: int = 1, burst: bool = False) -> int:
+def run_worker(
+    settings: Settings,
+    *,
+    concurrency: int = 1,
+    burst: bool = False,
+    crash_at: str = "",
+    parent_pid: int | None = None,
+) -> int:
     """Blocking entry point (`digits worker`, `python -m handwriting_ai.worker`): exit code 0
-    after SIGTERM/SIGINT or, with `burst`, once the stream is drained."""
-    asyncio.run(serve_worker(settings, concurrency=concurrency, burst=burst))
-    return 0
+    after SIGTERM/SIGINT or, with `burst`, once the stream is drained; 2 for a configuration
+    error (the API refuses the upload key), 1 when a training slot cannot be started."""
+    worker = asyncio.run(
+        serve_worker(
+            settings,
+            concurrency=concurrency,
+            burst=burst,
+            crash_at=crash_at,
+            parent_pid=parent_pid,
+        )
+    )
+    return worker.exit_code
+
+
+async def _watch_parent(worker: Worker, parent_pid: int) -> None:
+    """Started by a supervisor: when it is gone (re-parented), stop at once."""
+    while True:  # polled: nothing else tells a process that its parent has died
+        if os.getppid() != parent_pid:
+            worker.force(f"parent process {parent_pid} is gone")
+            return
+        await asyncio.sleep(0.5)
 
 
 async def serve_worker(
@@ -315,21 +509,44 @@ async def serve_worker(
     burst: bool = False,
     install_signals: bool = True,
     consumer: str | None = None,
+    crash_at: str = "",
+    parent_pid: int | None = None,
 ) -> Worker:
     """Run a worker until SIGTERM/SIGINT (or, with `burst`, until the stream is drained)."""
     import signal
 
-    redis = Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0", decode_responses=True)
-    worker = Worker(settings, redis, concurrency=concurrency, burst=burst, consumer=consumer)
+    redis = Redis.from_url(
+        settings.redis_url or "redis://127.0.0.1:6379/0",
+        decode_responses=True,
+        # Any bytes may arrive in an entry: they round-trip exactly instead of killing the read.
+        encoding_errors="surrogateescape",
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+    )
+    worker = Worker(
+        settings,
+        redis,
+        concurrency=concurrency,
+        burst=burst,
+        consumer=consumer,
+        crash_at=crash_at,
+    )
     loop = asyncio.get_running_loop()
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
+    watcher = (
+        asyncio.create_task(_watch_parent(worker, parent_pid)) if parent_pid is not None else None
+    )
     try:
         await worker.run()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        await redis.aclose()
+        with contextlib.suppress(RedisError, TimeoutError):
+            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                await redis.aclose()
     return worker

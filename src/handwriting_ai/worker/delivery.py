@@ -1,4 +1,4 @@
-"""Pure delivery policies: retry backoff, the poison cap, the trim point and the reclaim cursor.
+"""Pure delivery policies: retry backoff, the crash cap, the trim point, reclaim suspicion.
 
 No Redis here: the consumer asks these functions and does the I/O, so each rule is tested with
 plain values.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 
-from attrs import define, frozen
+from attrs import define, field, frozen
 
 START_ID = "0-0"
 
@@ -48,11 +48,12 @@ class RetryDecision:
 
 
 def retry_decision(
-    attempt: int, *, retry_max: int, intervals_s: tuple[float, ...]
+    failures: int, *, retry_max: int, intervals_s: tuple[float, ...]
 ) -> RetryDecision:
-    """After a system failure of attempt `attempt` (from 1): retry while fewer than `retry_max`
-    retries were used; the n-th retry waits `intervals_s[n-1]` (the last one repeats)."""
-    retries_used = max(0, attempt - 1)
+    """After the job's `failures`-th system failure (from 1): retry while fewer than `retry_max`
+    retries were used; the n-th retry waits `intervals_s[n-1]` (the last one repeats). Only real
+    failures count: a run left pending by a stop or kept through a Redis outage is not one."""
+    retries_used = max(0, failures - 1)
     if retries_used >= retry_max:
         return RetryDecision(will_retry=False, delay_s=0.0)
     if not intervals_s:
@@ -62,23 +63,46 @@ def retry_decision(
     )
 
 
-def over_delivery_cap(deliveries: int, max_deliveries: int) -> bool:
-    """A poison entry (it keeps killing its worker) is given up after `max_deliveries`."""
-    return max_deliveries > 0 and deliveries > max_deliveries
+def over_crash_cap(crashes: int, max_crashes: int) -> bool:
+    """A poison job (its runs keep ending their worker) is given up after `max_crashes` runs
+    that never reached an outcome."""
+    return max_crashes > 0 and crashes >= max_crashes
 
 
 @define
-class ReclaimCursor:
-    """The XAUTOCLAIM cursor carried from reply to reply, so each call scans on from where the
-    last stopped; it goes back to `0-0` only when a reply says the pass is complete."""
+class SuspectTracker:
+    """Which pending entries have looked ownerless (no lease) for how long, by our own clock.
 
-    cursor: str = START_ID
-    passes: int = 0
+    An entry is handed to `claim` only after it stayed suspect for a whole window of our own
+    successful observations: after a Redis outage (or a CLIENT PAUSE) every lease is gone at
+    once, and the window gives a live owner time to heartbeat and renew its lease. Any failed or
+    stalled observation forgets everything: we were cut off too, so we saw nothing.
+    """
 
-    def advance(self, next_cursor: str) -> None:
-        if next_cursor == START_ID:
-            self.passes += 1
-        self.cursor = next_cursor
+    first_seen: dict[str, tuple[str, float]] = field(factory=dict)
+
+    def observe(self, suspects: list[tuple[str, str]], now: float) -> None:
+        seen = dict(suspects)
+        self.first_seen = {
+            entry_id: (owner, self._since(entry_id, owner, now)) for entry_id, owner in seen.items()
+        }
+
+    def _since(self, entry_id: str, owner: str, now: float) -> float:
+        known = self.first_seen.get(entry_id)
+        return known[1] if known is not None and known[0] == owner else now
+
+    def confirmed(self, now: float, window_s: float) -> list[tuple[str, str]]:
+        return [
+            (entry_id, owner)
+            for entry_id, (owner, since) in sorted(self.first_seen.items())
+            if now - since >= window_s
+        ]
+
+    def forget(self, entry_id: str) -> None:
+        self.first_seen.pop(entry_id, None)
+
+    def reset(self) -> None:
+        self.first_seen = {}
 
 
 def torch_threads(cores: int, concurrency: int) -> int:

@@ -2,6 +2,12 @@
 
 Every call here is one round trip (or one Lua script where two steps must not be split), so the
 consumer loop reads as policy and this module as plumbing.
+
+Reclaiming is lease-based, not idle-based alone: an entry is taken from its owner only when it is
+idle past the claim time AND the owner's lease key is gone (`suspects`, then `claim`, which checks
+both again atomically). After a Redis outage every entry looks idle and every lease has expired,
+so the caller also waits a confirmation window (`SuspectTracker`) in which a live owner's next
+heartbeat brings its lease back.
 """
 
 from __future__ import annotations
@@ -12,25 +18,66 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from handwriting_ai.logging import get_logger
-from handwriting_ai.streams.compat import Entry, parse_xautoclaim, xautoclaim_deleted_ids
-from handwriting_ai.streams.keys import JOBS_GROUP, JOBS_STREAM, worker_health_key
-from handwriting_ai.worker.delivery import ReclaimCursor, trim_point
+from handwriting_ai.streams.keys import (
+    JOBS_GROUP,
+    JOBS_STREAM,
+    LEASE_PREFIX,
+    LEASE_SUFFIX,
+    worker_health_key,
+    worker_lease_key,
+)
+from handwriting_ai.worker.delivery import trim_point
+
+Entry = tuple[str, dict[str, str]]
 
 log = get_logger(__name__)
 GONE_IDLE_MS = 120_000  # a consumer this quiet, without a health key, has stopped for good
 
-# Refresh our own entries' idle time, but only those still ours: an entry another worker took
-# (we were frozen past min-idle) is not pulled back, and the caller learns it lost it.
+# Renew our lease; refresh our running entries' idle time, but only those still ours (an entry
+# another worker took is not pulled back, and the caller learns it lost it); list every entry
+# pending to us, so one we hold but no longer run (a job that ended without an outcome) is seen.
 _HEARTBEAT = """
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
 local mine = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if p[1] and p[1][2] == ARGV[2] then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
     table.insert(mine, ARGV[i])
   end
 end
-return mine
+local held = {}
+for _, row in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 100, ARGV[2])) do
+  table.insert(held, row[1])
+end
+return {mine, held}
+"""
+
+# Pending entries of other consumers whose lease is gone (any idle time).
+_SUSPECTS = """
+local out = {}
+for _, r in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[2])) do
+  if r[2] ~= ARGV[3] and redis.call('EXISTS', ARGV[4] .. r[2] .. ARGV[5]) == 0 then
+    table.insert(out, {r[1], r[2]})
+  end
+end
+return out
+"""
+
+# Take one entry from a dead owner: still pending to that owner, its lease still gone, idle past
+# the claim time (XCLAIM's own check). A deleted entry (6.2 answers a nil) is acked instead.
+_CLAIM = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[4], ARGV[4], 1)
+if not p[1] or p[1][2] ~= ARGV[5] then return false end
+if redis.call('EXISTS', ARGV[6] .. ARGV[5] .. ARGV[7]) == 1 then return false end
+local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+if #claimed == 0 then return false end
+local e = claimed[1]
+if not e or not e[2] then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[4])
+  return false
+end
+return e
 """
 
 # Remove a consumer only while it holds nothing and shows no sign of life, in one step.
@@ -103,58 +150,68 @@ async def deliveries(redis: Redis, entry_id: str) -> int:
     return 0
 
 
-async def heartbeat(redis: Redis, consumer: str, entry_ids: Iterable[str]) -> set[str]:
-    """XCLAIM ... 0 JUSTID on our in-flight entries; returns the ids that are still ours."""
+async def heartbeat(
+    redis: Redis, consumer: str, entry_ids: Iterable[str], *, lease_ms: int
+) -> tuple[set[str], set[str]]:
+    """Renew the lease and XCLAIM ... 0 JUSTID our running entries. Returns (the running ids
+    that are still ours, every id pending to us)."""
     ids = list(entry_ids)
-    if not ids:
-        return set()
-    reply: object = await redis.eval(_HEARTBEAT, 1, JOBS_STREAM, JOBS_GROUP, consumer, *ids)
-    return {_s(i) for i in reply} if isinstance(reply, list) else set()
-
-
-async def reclaim(
-    redis: Redis, consumer: str, cursor: ReclaimCursor, *, min_idle_ms: int, count: int
-) -> tuple[list[Entry], bool]:
-    """One XAUTOCLAIM step from the carried cursor: entries idle past `min_idle_ms` (their worker
-    stopped heartbeating) become ours. Also says whether deleted entries were seen."""
-    reply: object = await redis.xautoclaim(
-        JOBS_STREAM, JOBS_GROUP, consumer, min_idle_ms, start_id=cursor.cursor, count=count
+    reply: object = await redis.eval(
+        _HEARTBEAT,
+        2,
+        JOBS_STREAM,
+        worker_lease_key(consumer),
+        JOBS_GROUP,
+        consumer,
+        lease_ms,
+        *ids,
     )
-    next_cursor, entries = parse_xautoclaim(reply)
-    cursor.advance(next_cursor)
-    deleted = xautoclaim_deleted_ids(reply)
-    if deleted:
-        await redis.xack(JOBS_STREAM, JOBS_GROUP, *deleted)
-    # On 6.2 a deleted entry comes back as a bare nil: count them to know a cleanup is due.
-    nameless = isinstance(reply, list | tuple) and len(reply) >= 2 and _has_nil(reply[1])
-    return entries, nameless
-
-
-def _has_nil(claimed: object) -> bool:
-    if not isinstance(claimed, list | tuple):
-        return False
-    return any(
-        item is None
-        or (isinstance(item, list | tuple) and (not item or item[0] is None or item[1] is None))
-        for item in claimed
+    if not isinstance(reply, list) or len(reply) != 2:
+        return set(), set()
+    mine, held = reply
+    return (
+        {_s(i) for i in mine} if isinstance(mine, list) else set(),
+        {_s(i) for i in held} if isinstance(held, list) else set(),
     )
 
 
-async def ack_deleted_own(redis: Redis, consumer: str, keep: set[str]) -> int:
-    """Acknowledge our pending entries whose stream entry is gone (Redis 6.2 leaves them)."""
-    rows: object = await redis.xpending_range(
-        JOBS_STREAM, JOBS_GROUP, min="-", max="+", count=100, consumername=consumer
+async def drop_lease(redis: Redis, consumer: str) -> None:
+    """On a stop: our entries left pending become claimable without waiting for the expiry."""
+    await redis.delete(worker_lease_key(consumer))
+
+
+async def suspects(redis: Redis, consumer: str, *, count: int = 100) -> list[tuple[str, str]]:
+    """(entry id, owner) of pending entries whose owner's lease is gone."""
+    reply: object = await redis.eval(
+        _SUSPECTS, 1, JOBS_STREAM, JOBS_GROUP, count, consumer, LEASE_PREFIX, LEASE_SUFFIX
     )
-    acked = 0
-    for row in rows if isinstance(rows, list) else []:
-        entry_id = _s(row.get("message_id")) if isinstance(row, dict) else ""
-        if (
-            entry_id
-            and entry_id not in keep
-            and not await redis.xrange(JOBS_STREAM, min=entry_id, max=entry_id)
-        ):
-            acked += int(await redis.xack(JOBS_STREAM, JOBS_GROUP, entry_id))
-    return acked
+    out: list[tuple[str, str]] = []
+    for row in reply if isinstance(reply, list) else []:
+        if isinstance(row, list) and len(row) == 2:
+            out.append((_s(row[0]), _s(row[1])))
+    return out
+
+
+async def claim(
+    redis: Redis, consumer: str, entry_id: str, *, owner: str, min_idle_ms: int
+) -> Entry | None:
+    """The entry, now ours, if its owner is still without a lease and it is idle enough."""
+    reply: object = await redis.eval(
+        _CLAIM,
+        1,
+        JOBS_STREAM,
+        JOBS_GROUP,
+        consumer,
+        min_idle_ms,
+        entry_id,
+        owner,
+        LEASE_PREFIX,
+        LEASE_SUFFIX,
+    )
+    if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[1], list):
+        return None
+    flat = [_s(v) for v in reply[1]]
+    return _s(reply[0]), dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 async def trim(redis: Redis) -> str | None:

@@ -1,17 +1,21 @@
-"""One job's lifecycle, from a `digits:train` entry to its acknowledged outcome.
+"""One job's run, from a `digits:train` entry to its one committed outcome.
 
-check (poison cap, contract, arch, duplicate) -> running -> train in a slot (progress events)
--> artifact -> upload -> prune -> completed. Every ending stores its final event and status
-before the XACK, shielded from cancellation; an abandoned job (shutdown, lost entry) is never
-acknowledged, so another worker takes it.
+check (contract, arch, final, cancelled, duplicate, crash cap) -> started -> train in a slot
+(progress relayed, best effort) -> slot freed -> upload (retried until the deadline) -> completed.
+Every state change is a `lifecycle` transition written by `commit` in one fenced step; a run that
+lost its entry to another worker writes nothing more. The child is killed on every exit from
+training without an outcome, so no orphan run goes on training in a slot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import signal
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -19,48 +23,38 @@ from attrs import define, frozen
 from redis.asyncio import Redis
 
 from handwriting_ai.contracts.converter import ContractError
-from handwriting_ai.contracts.events import (
-    TrainArtifact,
-    TrainBatch,
-    TrainBest,
-    TrainCompleted,
-    TrainEpoch,
-    TrainFailed,
-    TrainPrune,
-    TrainStarted,
-    TrainUpload,
-    now_iso,
-)
+from handwriting_ai.contracts.events import now_iso
 from handwriting_ai.contracts.jobs import TrainJob, job_from_fields, job_to_fields
 from handwriting_ai.logging import get_logger
 from handwriting_ai.models import UnknownArchError, arch_for_model_id
 from handwriting_ai.settings import Settings
 from handwriting_ai.streams.publisher import EventPublisher
-from handwriting_ai.streams.status import read_status
-from handwriting_ai.training.progress import BatchProgress, BestProgress, EpochProgress
-from handwriting_ai.worker import ledger
+from handwriting_ai.streams.status import JobStatus, read_status
+from handwriting_ai.worker import lifecycle
 from handwriting_ai.worker.child import ChildDone, ChildError, ChildJob
-from handwriting_ai.worker.delivery import over_delivery_cap, retry_decision, torch_threads
+from handwriting_ai.worker.commit import Committed, commit
+from handwriting_ai.worker.delivery import over_crash_cap, retry_decision, torch_threads
+from handwriting_ai.worker.ledger import take_lock
+from handwriting_ai.worker.lifecycle import JobRef, Limits, Transition
+from handwriting_ai.worker.relay import ProgressRelay
 from handwriting_ai.worker.slots import ChildGone, Slot
-from handwriting_ai.worker.uploader import UploadError, upload_artifacts
+from handwriting_ai.worker.uploader import (
+    UploadError,
+    UploadKeyError,
+    UploadRefusedError,
+    upload_artifacts,
+)
 
 log = get_logger(__name__)
-Outcome = Literal["completed", "failed", "retried", "dead", "cancelled", "skipped", "abandoned"]
-CANCELLED_MESSAGE = "cancelled by request"
-
-
-@frozen
-class Ids:
-    """What every event of the job carries, known even when the job itself is malformed."""
-
-    request_id: str
-    user_id: int
-    model_id: str
+Outcome = Literal[
+    "completed", "failed", "retried", "dead", "cancelled", "skipped", "abandoned", "lost"
+]
+CrashPoint = Literal["after_train", "after_upload", "after_commit"]
 
 
 @define
 class Running:
-    """A job in a slot: the consumer's heartbeat reads this to refresh and cancel it."""
+    """A job this worker holds: the heartbeat refreshes it, and cancels its slot on request."""
 
     entry_id: str
     request_id: str
@@ -75,20 +69,13 @@ class WorkerParts:
     consumer: str
     concurrency: int
     lock_ttl_s: int
+    limits: Limits
+    crash_at: str = ""  # fault injection: SIGKILL ourselves at this point (tests only)
 
 
-def ids_of(fields: Mapping[str, str], entry_id: str) -> Ids:
-    user = fields.get("user_id", "0")
-    return Ids(
-        request_id=fields.get("request_id") or f"job-{entry_id}",
-        user_id=int(user) if user.isdigit() else 0,
-        model_id=fields.get("model_id", ""),
-    )
-
-
-async def _shielded(write: Callable[[], Awaitable[None]]) -> None:
-    """Final writes run to the end even if the job task is cancelled meanwhile (arq's shield)."""
-    await asyncio.shield(write())
+def _iso_at(epoch_s: float) -> str:
+    stamp = datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 class JobRun:
@@ -101,126 +88,81 @@ class JobRun:
         self.entry_id = entry_id
         self.fields = dict(fields)
         self.deliveries = deliveries
-        self.ids = ids_of(fields, entry_id)
-        self.run_id: str | None = None
+        request_id, user_id, model_id = lifecycle.entry_ids(fields, entry_id)
+        self.ref = JobRef(request_id, user_id, model_id, entry_id, parts.consumer)
         self.attempt = 1
-        self.total_epochs = 1
-        self.log = log.bind(request_id=self.ids.request_id, entry_id=entry_id)
+        self.failures = 0
+        self.started_run = False  # the started transition was written: a stop releases it
+        self.ended = False  # an ending was written (or refused): the entry is no longer ours
+        self.log = log.bind(request_id=request_id, entry_id=entry_id)
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ writing
 
-    async def _fail(
-        self, kind: Literal["user", "system"], message: str, *, will_retry: bool = False
-    ) -> None:
-        await self.parts.publisher.publish(
-            TrainFailed(
-                request_id=self.ids.request_id,
-                user_id=self.ids.user_id,
-                model_id=self.ids.model_id,
-                run_id=self.run_id,
-                ts=now_iso(),
-                error_kind=kind,
-                message=message,
-                attempt=self.attempt,
-                will_retry=will_retry,
-            )
+    async def end(self, transition: Transition, outcome: Outcome) -> Outcome:
+        written = await commit(
+            self.redis, transition, entry_id=self.entry_id, consumer=self.parts.consumer
+        )
+        self.ended = True
+        if written is Committed.LOST:
+            self.log.warning("entry_lost", transition=transition.name)
+            return "lost"
+        self.log.info(f"job_{transition.name}", attempt=self.attempt)
+        return outcome
+
+    def _dead(
+        self, kind: Literal["user", "system"], reason: str, status: Literal["failed", "dead"]
+    ) -> Transition:
+        return lifecycle.dead(
+            self.ref,
+            self.fields,
+            kind=kind,
+            reason=reason,
+            status=status,
+            attempt=self.attempt,
+            deliveries=self.deliveries,
+            limits=self.parts.limits,
+            now=now_iso(),
         )
 
-    # ------------------------------------------------------------------ endings
-
-    async def dead_letter(
-        self, kind: Literal["user", "system"], reason: str, *, status: str
-    ) -> None:
-        async def write() -> None:
-            await self._fail(kind, reason)
-            await ledger.finish_dead(
-                self.redis,
-                self.ids.request_id,
-                self.entry_id,
-                self.fields,
-                status=status,
-                error_kind=kind,
-                reason=reason,
-                deliveries=self.deliveries,
-                ttl_s=self.settings.streams.failure_ttl_s,
-            )
-
-        await _shielded(write)
-        self.log.warning("job_dead_lettered", kind=kind, reason=reason, status=status)
-
-    async def system_failure(self, job: TrainJob, message: str) -> Outcome:
-        streams = self.settings.streams
-        decision = retry_decision(
-            self.attempt, retry_max=streams.retry_max, intervals_s=streams.retry_intervals_s
-        )
-        if not decision.will_retry:
-            await self.dead_letter("system", message, status="dead")
-            return "dead"
-        # The retry entry names its request_id, so a redis-cli job keeps its id across attempts.
-        job_fields = job_to_fields(job)
-
-        async def write() -> None:
-            await self._fail("system", message, will_retry=True)
-            await ledger.schedule_retry(
-                self.redis,
-                self.ids.request_id,
-                self.entry_id,
-                job_fields,
-                delay_s=decision.delay_s,
-                message=message,
-            )
-
-        await _shielded(write)
-        self.log.warning("job_retry_scheduled", delay_s=decision.delay_s, message=message)
-        return "retried"
-
-    async def cancelled(self) -> Outcome:
-        async def write() -> None:
-            await self._fail("user", CANCELLED_MESSAGE)
-            await ledger.finish(
-                self.redis,
-                self.ids.request_id,
-                self.entry_id,
-                {"status": "cancelled", "error_kind": "user", "message": CANCELLED_MESSAGE},
-                ttl_s=self.settings.streams.failure_ttl_s,
-            )
-
-        await _shielded(write)
-        self.log.info("job_cancelled")
-        return "cancelled"
+    def crash_point(self, point: CrashPoint) -> None:
+        if self.parts.crash_at == point:
+            self.log.warning("fault_injected", point=point)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # ------------------------------------------------------------------ checks
+
+    async def _malformed(self, reason: str) -> Outcome:
+        """A job that will never run: its request_id is used only if no other job owns it."""
+        status = await read_status(self.redis, self.ref.request_id)
+        if status is not None and status.entry_id != self.entry_id:
+            request_id, user_id, model_id = lifecycle.entry_ids(
+                self.fields, self.entry_id, known_request_ids=frozenset({self.ref.request_id})
+            )
+            self.ref = JobRef(request_id, user_id, model_id, self.entry_id, self.parts.consumer)
+        return await self.end(self._dead("user", reason, "failed"), "failed")
 
     async def check(self) -> TrainJob | Outcome:
         """The job to run, or how the entry ended without running."""
         if not self.fields:  # deleted while pending (Redis 6.2 keeps the id): nothing to run
-            await _shielded(lambda: ledger.ack_only(self.redis, self.entry_id))
-            return "skipped"
-        if over_delivery_cap(self.deliveries, self.settings.streams.max_deliveries):
-            reason = (
-                f"delivered {self.deliveries} times (max {self.settings.streams.max_deliveries}):"
-                " the job keeps ending its worker"
-            )
-            await self.dead_letter("system", reason, status="dead")
-            return "dead"
+            return await self.end(lifecycle.skipped(self.ref), "skipped")
         try:
             job = job_from_fields(self.fields, entry_id=self.entry_id)
             arch_for_model_id(job.model_id)
         except ContractError as exc:
-            await self.dead_letter("user", "; ".join(exc.errors), status="failed")
-            return "failed"
+            return await self._malformed("; ".join(exc.errors))
         except UnknownArchError as exc:
-            await self.dead_letter("user", str(exc), status="failed")
-            return "failed"
-        self.ids = Ids(job.request_id, job.user_id, job.model_id)
+            return await self._malformed(f"{exc} @ $.model_id")
+        self.ref = JobRef(
+            job.request_id, job.user_id, job.model_id, self.entry_id, self.parts.consumer
+        )
+        self.log = log.bind(request_id=job.request_id, entry_id=self.entry_id)
         status = await read_status(self.redis, job.request_id)
         if status is not None and status.final:
             self.log.info("job_already_final", status=status.status)
-            await _shielded(lambda: ledger.ack_only(self.redis, self.entry_id))
-            return "skipped"
+            return await self.end(lifecycle.skipped(self.ref), "skipped")
         if status is not None and status.cancel_requested:
-            return await self.cancelled()
-        holder = await ledger.take_lock(
+            return await self.end(self._cancelled(), "cancelled")
+        holder = await take_lock(
             self.redis,
             job.request_id,
             consumer=self.parts.consumer,
@@ -230,59 +172,103 @@ class JobRun:
         if holder is not None:
             # Another entry of the same request_id is running: that entry carries the job.
             self.log.info("job_duplicate_running", holder=holder)
-            await _shielded(lambda: ledger.ack_only(self.redis, self.entry_id))
-            return "skipped"
+            return await self.end(lifecycle.skipped(self.ref), "skipped")
+        return await self._start(job, status)
+
+    async def _start(self, job: TrainJob, status: JobStatus | None) -> TrainJob | Outcome:
+        # A status still `running` here is a run that never reached an outcome: its worker died.
+        crashes = (status.crashes if status else 0) + int(
+            status is not None and status.status == "running"
+        )
+        self.attempt = (status.attempts if status else 0) + 1
+        self.failures = status.failures if status else 0
+        if over_crash_cap(crashes, self.settings.streams.max_deliveries):
+            reason = (
+                f"its run ended the worker {crashes} times"
+                f" (STREAMS__MAX_DELIVERIES={self.settings.streams.max_deliveries})"
+            )
+            return await self.end(self._dead("system", reason, "dead"), "dead")
+        started = lifecycle.started(
+            self.ref,
+            total_epochs=job.epochs,
+            attempt=self.attempt,
+            crashes=crashes,
+            limits=self.parts.limits,
+            now=now_iso(),
+        )
+        written = await commit(
+            self.redis, started, entry_id=self.entry_id, consumer=self.parts.consumer
+        )
+        if written is not Committed.WRITTEN:
+            self.log.warning("entry_lost", transition="started")
+            return "lost"
+        self.started_run = True
+        self.log.info("job_started", attempt=self.attempt, crashes=crashes)
         return job
+
+    def _cancelled(self) -> Transition:
+        return lifecycle.cancelled(
+            self.ref, attempt=self.attempt, limits=self.parts.limits, now=now_iso()
+        )
 
     # ------------------------------------------------------------------ the run
 
-    async def run(self, running: Running, slot: Slot) -> Outcome:
-        checked = await self.check()
-        if not isinstance(checked, TrainJob):
-            return checked
-        job = checked
-        await ledger.ensure_status(
-            self.redis,
-            job.request_id,
-            model_id=job.model_id,
-            user_id=job.user_id,
-            entry_id=self.entry_id,
-        )
-        self.attempt = await ledger.mark_running(
-            self.redis, job.request_id, consumer=self.parts.consumer, entry_id=self.entry_id
-        )
-        self.total_epochs = job.epochs
-        self.log.info("job_started", attempt=self.attempt, deliveries=self.deliveries)
-        await self.parts.publisher.publish(
-            TrainStarted(
-                request_id=job.request_id,
-                user_id=job.user_id,
-                model_id=job.model_id,
-                ts=now_iso(),
-                total_epochs=job.epochs,
-                attempt=self.attempt,
-            )
-        )
-        running.slot = slot
+    async def run(
+        self, running: Running, slot: Slot, free_slot: Callable[[], Awaitable[None]]
+    ) -> Outcome:
+        """`free_slot` gives the slot back: as soon as a run succeeds (the upload needs no slot),
+        else after the ending is written (a killed child is replaced first, which takes time)."""
         try:
-            result = await self.train(job, slot)
-        finally:
-            running.slot = None
-        if isinstance(result, ChildError):
+            checked = await self.check()
+            if not isinstance(checked, TrainJob):
+                return checked
+            job = checked
+            deadline = asyncio.get_running_loop().time() + self.settings.streams.job_timeout_s
+            running.slot = slot
+            try:
+                result = await self.train(job, slot, deadline)
+            finally:
+                running.slot = None
+            if isinstance(result, ChildDone):
+                await free_slot()
+                self.crash_point("after_train")
+                return await self.finish(job, result, deadline)
             if result.kind == "cancelled":
-                return await self.cancelled()
+                return await self.end(self._cancelled(), "cancelled")
             if result.kind == "user":
-                await self.dead_letter("user", result.message, status="failed")
-                return "failed"
+                return await self.end(self._dead("user", result.message, "failed"), "failed")
             return await self.system_failure(job, result.message)
-        try:
-            return await self.publish_result(job, result)
-        except UploadError as exc:
-            return await self.system_failure(job, str(exc))
+        finally:
+            await free_slot()
 
-    async def train(self, job: TrainJob, slot: Slot) -> ChildDone | ChildError:
+    async def system_failure(self, job: TrainJob, message: str) -> Outcome:
+        streams = self.settings.streams
+        self.failures += 1
+        decision = retry_decision(
+            self.failures, retry_max=streams.retry_max, intervals_s=streams.retry_intervals_s
+        )
+        if not decision.will_retry:
+            return await self.end(self._dead("system", message, "dead"), "dead")
+        due_s = time.time() + decision.delay_s
+        transition = lifecycle.retried(
+            self.ref,
+            job_to_fields(job),  # names its request_id, so a redis-cli job keeps its id
+            message=message,
+            attempt=self.attempt,
+            failures=self.failures,
+            due_ms=int(due_s * 1000),
+            retry_at=_iso_at(due_s),
+            limits=self.parts.limits,
+            now=now_iso(),
+        )
+        return await self.end(transition, "retried")
+
+    def _child_job(self, job: TrainJob) -> ChildJob:
         settings = self.settings
-        request = ChildJob(
+        return ChildJob(
+            token=uuid.uuid4().hex,
+            request_id=job.request_id,
+            entry_id=self.entry_id,
             model_id=job.model_id,
             arch=arch_for_model_id(job.model_id),
             epochs=job.epochs,
@@ -298,171 +284,77 @@ class JobRun:
             model_dir=str(settings.app.artifacts_dir / "digits"),
             batch_every=settings.events.batch_every,
         )
-        # The deadline bounds each wait for the child's next message and is checked after every
-        # one, rather than cancelling the whole loop: a cancellation landing inside progress
-        # publishing (a Redis round trip) could be absorbed there, and the timeout with it.
+
+    async def train(self, job: TrainJob, slot: Slot, deadline: float) -> ChildDone | ChildError:
+        """The child's outcome. The deadline bounds each wait for the child's next message; on
+        any exit without an outcome (timeout, cancellation, error) the child is killed."""
+        relay = ProgressRelay(
+            self.redis,
+            self.parts.publisher,
+            self.ref,
+            timeout_s=self.settings.streams.heartbeat_interval_s,
+        )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.streams.job_timeout_s
-        messages = slot.run(request)
+        messages = slot.run(self._child_job(job))
+        outcome: ChildDone | ChildError | None = None
         try:
-            while True:
+            while outcome is None:
                 left = deadline - loop.time()
                 if left <= 0:
                     raise TimeoutError
                 message = await asyncio.wait_for(anext(messages), left)
                 if isinstance(message, ChildDone | ChildError):
-                    return message
-                if isinstance(message, ChildGone):
-                    return ChildError(
+                    outcome = message
+                elif isinstance(message, ChildGone):
+                    outcome = ChildError(
                         "system", f"training process ended (exit code {message.exitcode})"
                     )
-                await self.progress(message)
+                else:
+                    await relay.progress(message)
         except StopAsyncIteration:
-            pass
+            outcome = ChildError("system", "training process gave no result")
         except TimeoutError:
-            slot.kill()
-            return ChildError(
-                "system", f"training took longer than {settings.streams.job_timeout_s} s"
+            outcome = ChildError(
+                "system", f"training took longer than {self.settings.streams.job_timeout_s} s"
             )
-        except asyncio.CancelledError:
-            slot.kill()  # shutdown or a lost entry: the job stays pending for another worker
-            raise
-        return ChildError("system", "training process gave no result")
+        finally:
+            await messages.aclose()
+            if outcome is None or isinstance(outcome, ChildError):
+                slot.kill()  # no orphan run: the slot is replaced before its next job
+        if isinstance(outcome, ChildDone):
+            await relay.artifact(outcome.run_id, outcome.directory)
+        return outcome
 
-    async def progress(self, message: BatchProgress | EpochProgress | BestProgress) -> None:
-        ids = self.ids
-        if isinstance(message, BatchProgress):
-            await self.parts.publisher.publish(
-                TrainBatch(
-                    request_id=ids.request_id,
-                    user_id=ids.user_id,
-                    model_id=ids.model_id,
-                    ts=now_iso(),
-                    epoch=message.epoch,
-                    total_epochs=message.total_epochs,
-                    batch=message.batch,
-                    total_batches=message.total_batches,
-                    batch_loss=max(0.0, message.batch_loss),
-                    batch_acc=min(1.0, max(0.0, message.batch_acc)),
-                    avg_loss=max(0.0, message.avg_loss),
-                    samples_per_sec=max(0.0, message.samples_per_sec),
-                )
+    async def finish(self, job: TrainJob, done: ChildDone, deadline: float) -> Outcome:
+        try:
+            uploaded = await upload_artifacts(
+                Path(done.directory),
+                job.model_id,
+                api_url=self.settings.handwriting_api_url,
+                api_key=self.settings.handwriting_api_key,
+                deadline=deadline,
             )
-            await ledger.set_progress(
-                self.redis,
-                ids.request_id,
-                {
-                    "epoch": message.epoch,
-                    "total_epochs": message.total_epochs,
-                    "batch": message.batch,
-                    "total_batches": message.total_batches,
-                },
-            )
-        elif isinstance(message, EpochProgress):
-            await self.parts.publisher.publish(
-                TrainEpoch(
-                    request_id=ids.request_id,
-                    user_id=ids.user_id,
-                    model_id=ids.model_id,
-                    ts=now_iso(),
-                    epoch=message.epoch,
-                    total_epochs=message.total_epochs,
-                    train_loss=max(0.0, message.train_loss),
-                    val_acc=min(1.0, max(0.0, message.val_acc)),
-                    time_s=max(0.0, message.time_s),
-                )
-            )
-            await ledger.set_progress(
-                self.redis,
-                ids.request_id,
-                {"epoch": message.epoch, "total_epochs": message.total_epochs},
-            )
-        else:
-            await self.parts.publisher.publish(
-                TrainBest(
-                    request_id=ids.request_id,
-                    user_id=ids.user_id,
-                    model_id=ids.model_id,
-                    ts=now_iso(),
-                    epoch=message.epoch,
-                    val_acc=min(1.0, max(0.0, message.val_acc)),
-                )
-            )
-
-    async def publish_result(self, job: TrainJob, done: ChildDone) -> Outcome:
-        self.run_id = done.run_id
-        rid, uid, mid, run_id = job.request_id, job.user_id, job.model_id, done.run_id
-        publish = self.parts.publisher.publish
-        await publish(
-            TrainArtifact(
-                request_id=rid,
-                user_id=uid,
-                model_id=mid,
-                run_id=run_id,
-                ts=now_iso(),
-                path=done.directory,
-            )
+        except UploadKeyError as exc:
+            self.log.error("upload_key_refused", error=str(exc))
+            message = f"{exc}; the trained artifacts are kept in {done.directory}"
+            return await self.end(self._dead("system", message, "dead"), "dead")
+        except UploadRefusedError as exc:
+            message = f"{exc}; the trained artifacts are kept in {done.directory}"
+            return await self.end(self._dead("system", message, "dead"), "dead")
+        except UploadError as exc:
+            return await self.system_failure(job, str(exc))
+        self.crash_point("after_upload")
+        result = lifecycle.Result(
+            run_id=done.run_id,
+            version=uploaded.version,
+            val_acc=done.val_acc,
+            test_acc=done.test_acc,
+            upload_status=uploaded.status,
+            model_bytes=uploaded.model_bytes,
+            manifest_bytes=uploaded.manifest_bytes,
+            pruned_count=done.pruned_count,
         )
-        uploaded = await upload_artifacts(
-            Path(done.directory),
-            job.model_id,
-            api_url=self.settings.handwriting_api_url,
-            api_key=self.settings.handwriting_api_key,
-        )
-        await publish(
-            TrainUpload(
-                request_id=rid,
-                user_id=uid,
-                model_id=mid,
-                run_id=run_id,
-                ts=now_iso(),
-                status=uploaded.status,
-                model_bytes=uploaded.model_bytes,
-                manifest_bytes=uploaded.manifest_bytes,
-            )
-        )
-        await publish(
-            TrainPrune(
-                request_id=rid,
-                user_id=uid,
-                model_id=mid,
-                run_id=run_id,
-                ts=now_iso(),
-                deleted_count=done.pruned_count,
-            )
-        )
-        result: dict[str, str | float | None] = {
-            "version": uploaded.version,
-            "val_acc": done.val_acc,
-            "test_acc": done.test_acc,
-            "run_id": done.run_id,
-        }
-
-        async def write() -> None:
-            await publish(
-                TrainCompleted(
-                    request_id=rid,
-                    user_id=uid,
-                    model_id=mid,
-                    run_id=run_id,
-                    ts=now_iso(),
-                    val_acc=min(1.0, max(0.0, done.val_acc)),
-                    test_acc=done.test_acc,
-                    version=uploaded.version,
-                )
-            )
-            await ledger.finish(
-                self.redis,
-                job.request_id,
-                self.entry_id,
-                {"status": "completed", "result": _json(result), "error_kind": "", "message": ""},
-                ttl_s=self.settings.streams.result_ttl_s,
-            )
-
-        await _shielded(write)
-        self.log.info("job_completed", version=uploaded.version, val_acc=done.val_acc)
-        return "completed"
-
-
-def _json(value: Mapping[str, str | float | None]) -> str:
-    return json.dumps(dict(value), sort_keys=True)
+        transition = lifecycle.completed(self.ref, result, limits=self.parts.limits, now=now_iso())
+        outcome = await self.end(transition, "completed")
+        self.crash_point("after_commit")
+        return outcome

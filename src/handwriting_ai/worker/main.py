@@ -8,7 +8,10 @@ import os
 from collections.abc import Sequence
 
 from handwriting_ai.logging import configure_logging
-from handwriting_ai.settings import load_settings
+from handwriting_ai.settings import Settings, load_settings
+
+PARENT_PID_ENV = "HANDWRITING_AI_PARENT_PID"  # set by `digits up`: exit when that process is gone
+CRASH_AT_ENV = "HANDWRITING_AI_CRASH_AT"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +27,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("digits worker: --concurrency must be at least 1")
     settings = load_settings(dict(os.environ))
     configure_logging(settings.app.log_level, settings.app.log_format)
+    return run(settings, concurrency=args.concurrency, burst=args.burst)
+
+
+def run(settings: Settings, *, concurrency: int, burst: bool) -> int:
+    """Run one worker with what its launcher put in the environment (`digits worker` too)."""
     from handwriting_ai.worker.consumer import run_worker
 
-    return run_worker(settings, concurrency=args.concurrency, burst=args.burst)
+    parent = os.environ.get(PARENT_PID_ENV, "")
+    return run_worker(
+        settings,
+        concurrency=concurrency,
+        burst=burst,
+        # Fault injection for the test suite only: SIGKILL ourselves at a named point.
+        crash_at=os.environ.get(CRASH_AT_ENV, ""),
+        parent_pid=int(parent) if parent.isdecimal() else None,
+    )
