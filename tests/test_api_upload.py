@@ -105,6 +105,28 @@ def test_a_checked_artifact_is_stored_and_a_retry_is_harmless(
     assert list_versions(model_dir, "tiny_new") == [source.version]
 
 
+def test_a_job_keeps_the_version_its_first_run_stored(
+    admin: Client, tmp_path: Path, model_dir: Path
+) -> None:
+    """A worker died after its upload and before reporting; the rerun's model is not stored
+    beside the first: the job's one version is the one already stored."""
+
+    def of_job(data: dict[str, object]) -> None:
+        data["request_id"], data["entry_id"] = "job-7", "1-0"
+
+    first = write_artifact(
+        tmp_path / "run1", "tiny_new", seed=3, version="20260101T000000Z", edit=of_job
+    )
+    rerun = write_artifact(
+        tmp_path / "run2", "tiny_new", seed=4, version="20260101T000100Z", edit=of_job
+    )
+    assert upload(admin, first).json()["created"] is True
+    again = upload(admin, rerun)
+    assert again.status_code == 201, again.text
+    assert (again.json()["version"], again.json()["created"]) == (first.version, False)
+    assert list_versions(model_dir, "tiny_new") == [first.version]
+
+
 def test_same_version_with_other_weights_is_a_conflict(admin: Client, source: Artifact) -> None:
     assert upload(admin, source).status_code == 201
     buf = io.BytesIO()

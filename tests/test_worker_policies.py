@@ -201,7 +201,8 @@ async def test_commit_is_fenced_and_atomic(tmp_path: Path, which: str) -> None:
         assert written is Committed.WRITTEN
         assert (await redis.xpending(JOBS_STREAM, JOBS_GROUP))["pending"] == 0
         assert await redis.hget(status_key(ref.request_id), "status") == "failed"
-        letter = (await redis.xrange(DEAD_STREAM))[0][1]
+        rows = await redis.xrange(DEAD_STREAM) or []
+        letter = rows[0][1] or {}
         assert json.loads(letter["entry_fields"]) == {"model_id": "nosucharch", "user_id": "²"}
         assert await redis.xlen(job_events_key(ref.request_id)) == 1
         assert 0 < await redis.ttl(status_key(ref.request_id)) <= 200

@@ -133,8 +133,9 @@ def test_sigterm_finishes_a_short_job_and_leaves_a_long_one_pending(
         wait_until(lambda: "batch" in event_types(client, "cut"), timeout_s=60, what="training")
         hasty.send_signal(signal.SIGTERM)
         assert hasty.wait(30) == 0
-        assert status(client, "cut")["status"] == "running"
-        assert client.xpending(JOBS_STREAM, JOBS_GROUP)["pending"] == 1  # left, never acked
+        # Released, not crashed: back to queued, the entry left pending (never acked).
+        assert status(client, "cut")["status"] == "queued"
+        assert client.xpending(JOBS_STREAM, JOBS_GROUP)["pending"] == 1
 
         workers.append(
             start_worker_process(
@@ -147,4 +148,5 @@ def test_sigterm_finishes_a_short_job_and_leaves_a_long_one_pending(
             what="another worker to complete the job",
         )
         assert event_types(client, "cut").count("started") == 2
+        assert status(client, "cut")["crashes"] == "0"  # a stop is not a failure of the job
         client.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from handwriting_ai.contracts.events import TrainFailed
 from handwriting_ai.streams.keys import JOBS_GROUP, JOBS_STREAM, status_key
@@ -91,11 +92,9 @@ async def test_a_job_whose_runs_keep_ending_their_worker_is_dead_lettered(
         # Four runs that ended their worker, the last one still marked running by a dead owner
         # (no lease): taking it over counts the fifth crash.
         client.xreadgroup(JOBS_GROUP, "ghost-4", {JOBS_STREAM: ">"}, count=1)
-        client.hset(
-            status_key("poison"),
-            mapping={"request_id": "poison", "status": "running", "worker": "ghost-4"}
-            | {"attempts": "4", "crashes": "4", "model_id": TINY_MODEL_ID},
-        )
+        ghost: dict[FieldT, EncodableT] = {"request_id": "poison", "status": "running"}
+        ghost |= {"worker": "ghost-4", "attempts": "4", "crashes": "4", "model_id": TINY_MODEL_ID}
+        client.hset(status_key("poison"), mapping=ghost)
         env = worker_env(
             server.url,
             data_root,

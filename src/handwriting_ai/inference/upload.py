@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import uuid
@@ -24,6 +25,7 @@ from handwriting_ai.inference.store import (
     METRICS_FILE,
     MODEL_FILE,
     check_id,
+    list_versions,
     version_dir,
 )
 from handwriting_ai.models import UnknownArchError, create_model
@@ -87,6 +89,22 @@ def check_artifact(
     return manifest
 
 
+def version_of_job(model_dir: Path, model_id: str, request_id: str) -> str | None:
+    """The stored version that the training job `request_id` made, if any."""
+    if not request_id:
+        return None
+    for version in list_versions(model_dir, model_id):
+        try:
+            data: object = json.loads(
+                (version_dir(model_dir, model_id, version) / MANIFEST_FILE).read_bytes()
+            )
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(data, dict) and data.get("request_id") == request_id:
+            return version
+    return None
+
+
 def store_artifact(
     model_dir: Path, manifest: Manifest, model: bytes, manifest_raw: bytes, metrics_raw: bytes
 ) -> StoredArtifact:
@@ -102,6 +120,19 @@ def store_artifact(
         model_sha256=digest,
         created=True,
     )
+    earlier = version_of_job(model_dir, manifest.model_id, manifest.request_id)
+    if earlier is not None and earlier != manifest.version:
+        # The job's first run was stored and its worker died before reporting it; the rerun's
+        # model is not kept: one job, one stored version, the one its events will name.
+        existing_dir = version_dir(model_dir, manifest.model_id, earlier)
+        return evolve(
+            stored,
+            version=earlier,
+            path=existing_dir,
+            model_bytes=(existing_dir / MODEL_FILE).stat().st_size,
+            manifest_bytes=(existing_dir / MANIFEST_FILE).stat().st_size,
+            created=False,
+        )
     if final.exists():
         existing = (final / MODEL_FILE).read_bytes() if (final / MODEL_FILE).is_file() else b""
         if hashlib.sha256(existing).hexdigest() == digest:

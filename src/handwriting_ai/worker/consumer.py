@@ -186,12 +186,13 @@ class Worker:
             try:
                 await group.ensure_group(self.redis)
                 break
-            except RedisError as exc:
+            except RedisError as exc:  # not up yet, or coming back: wait for it
                 self.log.warning("redis_unavailable", step="start", error=str(exc))
                 await asyncio.sleep(delay_s)
                 delay_s = min(self.heartbeat_s, delay_s * 2)
         await self.pool.start()
-        await self.write_health()
+        with contextlib.suppress(RedisError):  # the heartbeat writes it again
+            await self.write_health()
         return not self.stopping.is_set()
 
     def _maintenance_tick_s(self) -> float:

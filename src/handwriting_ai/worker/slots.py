@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 5.0
+CLOSE_WAIT_S = 0.5
 RESTART_TRIES = 3
 RESTART_DELAYS_S = (1.0, 2.0, 4.0)
 
@@ -173,14 +174,15 @@ class Slot:
         await self.start()
 
     async def close(self) -> None:
-        """Ask the child to stop; kill it if it does not within a few seconds."""
+        """Ask the child to stop; kill it if it has not within a moment (an idle child holds
+        nothing worth waiting for, and a stop must be quick)."""
         process, conn = self.process, self.conn
         if conn is not None:
             with contextlib.suppress(OSError):  # already dead: kill() below tidies up
                 conn.send(None)
         if process is not None:
             # join() blocks: run it off the loop, bounded.
-            await asyncio.to_thread(process.join, STOP_TIMEOUT_S)
+            await asyncio.to_thread(process.join, CLOSE_WAIT_S)
         self.kill()
 
 
