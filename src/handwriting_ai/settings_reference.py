@@ -50,16 +50,20 @@ MEANINGS: dict[str, str] = {
     "EVENTS__MAXLEN": "`digits:events` is trimmed with `XADD … MAXLEN ~` to about this length",
     "STREAMS__RESULT_TTL_S": "how long a finished job's status and events are kept",
     "STREAMS__FAILURE_TTL_S": "how long a failed or dead job's status and events are kept",
-    "STREAMS__RETRY_MAX": "retries of a system failure (crash, timeout) before the dead letter",
+    "STREAMS__RETRY_MAX": "retries of a system failure (timeout, training error, upload past the "
+    "deadline) before the dead letter",
     "STREAMS__RETRY_INTERVALS_S": "comma-separated delays before each retry",
-    "STREAMS__JOB_TIMEOUT_S": "a training run longer than this is killed (a system failure)",
-    "STREAMS__CLAIM_MIN_IDLE_S": "an entry idle this long belongs to a dead worker and is "
-    "reclaimed (`XAUTOCLAIM`)",
-    "STREAMS__HEARTBEAT_INTERVAL_S": "how often a worker refreshes its running entries "
-    "(`XCLAIM … JUSTID`)",
+    "STREAMS__JOB_TIMEOUT_S": "deadline of a run, training and upload retries together; past "
+    "it the run is killed (a system failure)",
+    "STREAMS__CLAIM_MIN_IDLE_S": "an entry idle this long, whose worker's lease is gone, is "
+    "taken over (`XCLAIM`); at least 3 x the heartbeat interval",
+    "STREAMS__HEARTBEAT_INTERVAL_S": "how often a worker renews its lease (expiry 2 x this) and "
+    "its running entries (`XCLAIM … JUSTID`); a dead worker's entry is taken after its lease has "
+    "been gone 2 x this",
     "STREAMS__RECLAIM_INTERVAL_S": "how often a worker looks for dead workers' entries",
     "STREAMS__BLOCK_MS": "longest `XREADGROUP` block (capped by the reclaim interval)",
-    "STREAMS__MAX_DELIVERIES": "an entry delivered more often is dead-lettered as poison",
+    "STREAMS__MAX_DELIVERIES": "a job whose runs ended their worker this many times (crashes, not "
+    "stops or Redis outages) is dead-lettered as poison; 0: no cap",
     "STREAMS__JOBS_MAXLEN": "at this many entries in `digits:train`, `POST /v1/train` answers "
     "503 `queue_full` (a job is refused, never trimmed); workers trim acknowledged entries with "
     "`MINID`, never pending ones",

@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(settings: Settings, *, concurrency: int, burst: bool) -> int:
     """Run one worker with what its launcher put in the environment (`digits worker` too)."""
-    from handwriting_ai.worker.consumer import run_worker
+    from handwriting_ai.worker.serve import run_worker
 
     parent = os.environ.get(PARENT_PID_ENV, "")
     code = run_worker(
