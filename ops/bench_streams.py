@@ -729,7 +729,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str]]:
         rows += [
             (
                 f"a healthy worker's job, running {fail.ran_before_kill_s:.0f} s with default "
-                "`STREAMS__CLAIM_MIN_IDLE_S` (15 s), beside an idle second worker",
+                "`STREAMS__CLAIM_MIN_IDLE_S` (10 s), beside an idle second worker",
                 f"started {fail.started_before_kill} time(s)",
                 "once",
             ),

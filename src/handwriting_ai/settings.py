@@ -141,8 +141,8 @@ class StreamsSettings:
     retry_max: int = 2
     retry_intervals_s: tuple[float, ...] = field(default=(60.0, 300.0), converter=_seconds_list)
     job_timeout_s: int = 25_200
-    claim_min_idle_s: float = 15.0
-    heartbeat_interval_s: float = 5.0
+    claim_min_idle_s: float = 10.0
+    heartbeat_interval_s: float = 2.0
     reclaim_interval_s: float = 3.0
     block_ms: int = 2_000
     max_deliveries: int = 5

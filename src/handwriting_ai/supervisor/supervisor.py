@@ -3,9 +3,12 @@
 Each child runs in its own process group (its own session), so Ctrl-C in the terminal reaches only
 the supervisor, which then decides the order: SIGTERM to every child's main process (a worker
 stops reading and leaves its unfinished jobs pending; uvicorn finishes its requests), a wait of
-at most `stop_timeout_s`, then SIGKILL to whatever is left of each child's process group. On
-Linux each child also gets SIGTERM if the supervisor itself dies (`PR_SET_PDEATHSIG`), so a
-`kill -9` of `digits up` leaves no orphans behind.
+at most the child's stop timeout, then SIGKILL to whatever is left of each child's process group.
+A second stop signal skips the waits. If the supervisor itself dies with children alive (only a
+kill or a crash can do that: every normal exit goes through `shutdown`), nothing of it is left:
+each child gets SIGKILL from Linux (`PR_SET_PDEATHSIG`), watches its parent
+(`HANDWRITING_AI_PARENT_PID`), and the group guard (`guard.py`) SIGKILLs every child's process
+group, training subprocesses included. See `parent.py`.
 
 The restart policy is two pure functions: `backoff_s` (exponential, capped) and
 `failures_after_exit` (a child that ran for `stable_s` starts again from the first delay).
@@ -14,23 +17,26 @@ The restart policy is two pure functions: `backoff_s` (exponential, capped) and
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 
 from attrs import define, field, frozen
 
 from handwriting_ai.logging import get_logger
+from handwriting_ai.supervisor.parent import PARENT_PID_ENV, die_with_parent
 
 log = get_logger("handwriting_ai.supervisor")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_PR_SET_PDEATHSIG = 1
+GUARD_SCRIPT = Path(__file__).with_name("guard.py")
+GUARD_STOP_TIMEOUT_S = 5.0
 
 
 def backoff_s(failures: int, *, base_s: float = 0.5, cap_s: float = 30.0) -> float:
@@ -55,6 +61,7 @@ class ChildSpec:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(factory=dict)
     stop_wave: int = 0  # on shutdown, higher waves stop (and finish) first
+    stop_timeout_s: float | None = None  # SIGTERM to SIGKILL; None: the supervisor's
 
 
 @define
@@ -75,21 +82,16 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
 
-def die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the supervisor dies (Linux only; else a no-op)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def spawn(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """Start `argv` in its own session; its output goes where ours goes."""
+    """Start `argv` in its own session (so its process group is its pid); its output goes where
+    ours goes. It learns our pid (`HANDWRITING_AI_PARENT_PID`) and gets SIGKILL if we die."""
     return subprocess.Popen(
         list(argv),
-        env=dict(env),
+        env={**env, PARENT_PID_ENV: str(os.getpid())},
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=die_with_parent,  # the supervisor runs no other threads
+        # The supervisor forks from its main thread only (the death signal follows the thread).
+        preexec_fn=functools.partial(die_with_parent, signal.SIGKILL, os.getpid()),
     )
 
 
@@ -97,6 +99,71 @@ def _kill_group(pid: int) -> None:
     """SIGKILL what is left of a child's process group (its own training subprocesses)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+class GroupGuard:
+    """The parent's side of `guard.py`: a process that SIGKILLs every recorded process group
+    once we are gone. `add` a child's group when it starts, `remove` it once it is stopped and
+    reaped; `ensure` restarts a guard that died (and tells it the groups again); `close` lets it
+    exit (it kills any group still recorded)."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.groups: set[int] = set()
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", str(GUARD_SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C and a kill of our process group do not reach it
+        )
+        self.starts += 1
+        for pgid in sorted(self.groups):
+            self._send(f"+{pgid}")
+
+    def ensure(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        if self.process is not None:
+            log.error("group_guard_exited", pid=self.process.pid, returncode=self.process.poll())
+        self.start()
+
+    def add(self, pgid: int) -> None:
+        self.groups.add(pgid)
+        self._send(f"+{pgid}")
+
+    def remove(self, pgid: int) -> None:
+        self.groups.discard(pgid)
+        self._send(f"-{pgid}")
+
+    def _send(self, line: str) -> None:
+        process = self.process
+        if process is None or process.stdin is None:
+            return
+        try:
+            process.stdin.write(line.encode() + b"\n")
+            process.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # it died: `ensure` starts another and tells it every group
+
+    def close(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+        try:
+            process.wait(timeout=GUARD_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class Supervisor:
@@ -113,8 +180,10 @@ class Supervisor:
         poll_s: float = 0.1,
         hooks: Sequence[Callable[[], None]] = (),
         clock: Callable[[], float] = time.monotonic,
+        guard: GroupGuard | None = None,
     ) -> None:
         self.children = [Child(spec) for spec in specs]
+        self.guard = guard
         self.stop_timeout_s = stop_timeout_s
         self.base_backoff_s = base_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -133,6 +202,8 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         child.process = spawn(child.spec.argv, child.spec.env)
+        if self.guard is not None:
+            self.guard.add(child.process.pid)
         child.started_at = self.clock()
         child.restart_at = None
         log.info("child_started", child=child.spec.name, pid=child.process.pid)
@@ -145,6 +216,8 @@ class Supervisor:
         assert child.process is not None
         pid = child.process.pid
         _kill_group(pid)
+        if self.guard is not None:
+            self.guard.remove(pid)
         uptime = now - child.started_at
         child.failures = failures_after_exit(child.failures, uptime, stable_s=self.stable_s)
         delay = backoff_s(child.failures, base_s=self.base_backoff_s, cap_s=self.max_backoff_s)
@@ -165,6 +238,8 @@ class Supervisor:
     def tick(self) -> None:
         """One round: notice exits, restart children whose backoff has passed, run the hooks."""
         now = self.clock()
+        if self.guard is not None and not self.stopping:
+            self.guard.ensure()
         for child in self.children:
             if child.process is not None:
                 code = child.process.poll()
@@ -198,7 +273,7 @@ class Supervisor:
         upload to): SIGTERM each main process of a wave, wait for them, then SIGKILL what is left
         of their process groups. A second stop request kills every wave at once."""
         self.stopping = True
-        requests_at_start = max(self.stop_signals, 1)
+        requests_at_start = self.stop_signals  # one more request: kill at once
         for wave in sorted({c.spec.stop_wave for c in self.children}, reverse=True):
             members = [c for c in self.children if c.spec.stop_wave == wave]
             live = [c for c in members if c.process is not None and c.process.poll() is None]
@@ -207,7 +282,11 @@ class Supervisor:
                 log.info("child_stopping", child=child.spec.name, pid=child.process.pid)
                 with contextlib.suppress(ProcessLookupError):
                     child.process.send_signal(signal.SIGTERM)
-            deadline = self.clock() + self.stop_timeout_s
+            timeout_s = max(
+                (c.spec.stop_timeout_s or self.stop_timeout_s for c in members),
+                default=self.stop_timeout_s,
+            )
+            deadline = self.clock() + timeout_s
             while any(c.process is not None and c.process.poll() is None for c in live):
                 if self.clock() > deadline or self.stop_signals > requests_at_start:
                     log.warning("children_killed", reason="did not stop in time or asked again")
@@ -219,10 +298,14 @@ class Supervisor:
                     continue
                 _kill_group(process.pid)
                 code = process.wait()
+                if self.guard is not None:
+                    self.guard.remove(process.pid)
                 log.info("child_stopped", child=child.spec.name, pid=process.pid, returncode=code)
 
-    def run(self, *, install_signals: bool = True) -> int:
-        """Start the children and supervise them until a stop signal; 0 after a clean stop."""
+    def run(self, *, install_signals: bool = True, then: Callable[[], None] | None = None) -> int:
+        """Start the children and supervise them until a stop signal; 0 after a clean stop.
+        `then` runs once the children have stopped, while the stop signals are still ours (so
+        a second Ctrl-C during it is a request to hurry, not a KeyboardInterrupt)."""
         previous: dict[signal.Signals, Callable[[int, FrameType | None], object] | int | None] = {}
         if install_signals:
             for sig in STOP_SIGNALS:
@@ -234,7 +317,11 @@ class Supervisor:
                 self.tick()
                 time.sleep(self.poll_s)
         finally:
-            self.shutdown()
-            for stop_signal, handler in previous.items():
-                signal.signal(stop_signal, handler)
+            try:
+                self.shutdown()
+                if then is not None:
+                    then()
+            finally:
+                for stop_signal, handler in previous.items():
+                    signal.signal(stop_signal, handler)
         return 0

@@ -10,21 +10,27 @@ environment, extended with `REDIS_URL`, the upload key (`SECURITY__ADMIN_KEY` fo
 (mode 0600): uploads are never open, while reads and jobs stay keyless unless
 `SECURITY__API_KEY` is set.
 
-On Ctrl-C / SIGTERM the workers get SIGTERM first (a job that finishes within the grace period
-still uploads to the API; an unfinished one stays pending for the next start), then the API,
-then the embedded Redis gets `SHUTDOWN`, which flushes its append-only file.
+On Ctrl-C / SIGTERM / SIGHUP the workers get SIGTERM first (a job that finishes within
+`STREAMS__SHUTDOWN_GRACE_S` still uploads to the API; an unfinished one stays pending for the next
+start; a worker still there `STOP_MARGIN_S` later is killed), then the API (open connections get
+`API_GRACEFUL_S`, then are closed; it ends itself `API_STOP_DEADLINE_S` after SIGTERM, and is
+killed after `API_STOP_TIMEOUT_S`), then the embedded Redis gets `SHUTDOWN`, which flushes its
+append-only file. A second stop signal kills what is left at once. Killed itself (SIGKILL),
+`digits up` leaves nothing behind either: see `parent.py` and `guard.py`.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import FrameType
 
 from handwriting_ai.settings import Settings
 from handwriting_ai.supervisor.embedded_redis import (
@@ -33,7 +39,9 @@ from handwriting_ai.supervisor.embedded_redis import (
     port_is_free,
 )
 from handwriting_ai.supervisor.supervisor import (
+    STOP_SIGNALS,
     ChildSpec,
+    GroupGuard,
     Supervisor,
     backoff_s,
     failures_after_exit,
@@ -42,6 +50,9 @@ from handwriting_ai.supervisor.supervisor import (
 
 ADMIN_KEY_FILE = "admin_key"
 STOP_MARGIN_S = 15.0  # on top of STREAMS__SHUTDOWN_GRACE_S, for the worker to publish and exit
+API_GRACEFUL_S = 3  # uvicorn's timeout_graceful_shutdown: open connections get this long
+API_STOP_DEADLINE_S = 6.0  # `digits serve` ends itself this long after SIGTERM, whatever is left
+API_STOP_TIMEOUT_S = 10.0  # SIGTERM to SIGKILL for the API, from `digits up`
 
 
 def _say(message: str) -> None:
@@ -103,6 +114,7 @@ def child_specs(env: Mapping[str, str], *, host: str, port: int, workers: int) -
         "api",
         (sys.executable, "-m", "handwriting_ai.cli", "serve", "--host", host, "--port", str(port)),
         env,
+        stop_timeout_s=API_STOP_TIMEOUT_S,
     )
     worker_argv = (sys.executable, "-m", "handwriting_ai.worker")
     # Workers stop first: a job that finishes within the grace period still uploads to the API.
@@ -166,7 +178,6 @@ class RedisWatch:
             self.restart_at = now + delay
             log.error("embedded_redis_exited", returncode=code, restart_in_s=delay)
         if self.restart_at is not None and now >= self.restart_at:
-            self.redis.process = None
             try:
                 self.redis.start()
             except EmbeddedRedisError as exc:
@@ -177,6 +188,36 @@ class RedisWatch:
             self.restart_at = None
             self.started_at = now
             log.warning("embedded_redis_restarted", port=self.redis.port, pid=self.redis.pid)
+
+
+class StopRequests:
+    """The stop signals' handler from the very start of `up`: until the supervisor exists they
+    are counted (a SIGTERM while Redis starts must not kill `digits up` with its default action
+    and skip the stop), then handed to it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.supervisor: Supervisor | None = None
+        self.previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        if self.supervisor is None:
+            self.count += 1
+        else:
+            self.supervisor.request_stop(signum)
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            self.previous[sig] = signal.signal(sig, self)
+
+    def hand_to(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        for _ in range(self.count):
+            supervisor.request_stop()
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def up(
@@ -197,12 +238,34 @@ def up(
     if not port_is_free(port, host):
         _say(f"cannot listen on {host}:{port}: the address is in use (set APP__PORT or --port)")
         return 2
+    stops = StopRequests()
+    stops.install()
+    guard = GroupGuard()  # SIGKILLs every child's process group if we are killed
+    try:
+        guard.start()
+        return _up(settings, guard, stops, workers, host, port, redis_port, config)
+    finally:
+        stops.restore()
+        guard.close()
+
+
+def _up(
+    settings: Settings,
+    guard: GroupGuard,
+    stops: StopRequests,
+    workers: int,
+    host: str,
+    port: int,
+    redis_port: int | None,
+    config: Path | None,
+) -> int:
     redis: EmbeddedRedis | None = None
     if settings.redis_url:
         redis_url = settings.redis_url
         redis_note = f"{redis_url} (REDIS_URL; no embedded Redis)"
     else:
-        redis = EmbeddedRedis(settings.app.data_root.resolve() / "redis", port=redis_port)
+        directory = settings.app.data_root.resolve() / "redis"
+        redis = EmbeddedRedis(directory, port=redis_port, guard=guard)
         try:
             redis.start()
         except EmbeddedRedisError as exc:
@@ -219,7 +282,9 @@ def up(
         supervisor = Supervisor(
             child_specs(env, host=host, port=port, workers=workers),
             stop_timeout_s=settings.streams.shutdown_grace_s + STOP_MARGIN_S,
+            guard=guard,
         )
+        stops.hand_to(supervisor)
         supervisor.hooks.append(ReadinessReporter(api_url))
         if redis is not None:
             supervisor.hooks.append(RedisWatch(redis, supervisor))
@@ -234,9 +299,15 @@ def up(
             _say("reads and jobs need X-Api-Key (SECURITY__API_KEY)")
         else:
             _say("reads and jobs are open (no SECURITY__API_KEY): keep the API on loopback")
-        code = supervisor.run()
+
+        def stop_redis() -> None:
+            if redis is not None:
+                redis.stop(hurry=lambda: supervisor.stop_signals >= 2)
+                log.info("embedded_redis_stopped", port=redis.port)
+
+        code = supervisor.run(install_signals=False, then=stop_redis)
     finally:
-        if redis is not None:
+        if redis is not None and redis.process is not None:
             redis.stop()
             log.info("embedded_redis_stopped", port=redis.port)
     _say("stopped")

@@ -22,6 +22,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -41,6 +42,7 @@ from handwriting_ai.worker.slots import Slot, SlotPool, SlotsBrokenError
 from handwriting_ai.worker.uploader import check_upload_key
 
 log = get_logger(__name__)
+T = TypeVar("T")
 TRIM_INTERVAL_S = 30.0
 ERROR_PAUSE_S = 0.5
 CLEANUP_TIMEOUT_S = 2.0
@@ -127,9 +129,7 @@ class Worker:
             self.force("asked again")
             return
         self.log.info("worker_stopping", running=len(self.tasks))
-        self.stopping.set()
-        if self.main_task is not None and not self.tasks:
-            self.main_task.cancel()  # idle: nothing to wait for, not even a blocked read
+        self.stopping.set()  # a blocked read is abandoned at once (`_unless_stopping`)
 
     def force(self, reason: str) -> None:
         if self.forced:
@@ -190,7 +190,9 @@ class Worker:
                 self.log.warning("redis_unavailable", step="start", error=str(exc))
                 await asyncio.sleep(delay_s)
                 delay_s = min(self.heartbeat_s, delay_s * 2)
-        await self.pool.start()
+        # Warming the slots imports torch (seconds): a stop meanwhile does not wait for it.
+        if not await self._unless_stopping(self.pool.start(), False):
+            return False
         with contextlib.suppress(RedisError):  # the heartbeat writes it again
             await self.write_health()
         return not self.stopping.is_set()
@@ -234,11 +236,13 @@ class Worker:
                 self.log.warning("jobs_left_pending", count=len(unfinished))
         for task in background:
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        if self.forced:
-            self.pool.kill_all()
-        else:
-            await self.pool.close()
+        if background:
+            await asyncio.wait(background, timeout=CLEANUP_TIMEOUT_S)
+        if not self.forced:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                    await self.pool.close()
+        self.pool.kill_all()  # whatever close left (a no-op after a clean close)
         with contextlib.suppress(RedisError, TimeoutError):
             async with asyncio.timeout(CLEANUP_TIMEOUT_S):
                 await self.redis.delete(worker_health_key(self.consumer))
@@ -279,6 +283,22 @@ class Worker:
                     return
                 continue
             self.start_job(entry, deliveries, slot)
+
+    async def _unless_stopping(self, step: Awaitable[T], default: T) -> T:
+        """The step's result, or `default` if a stop comes first: the step is then cancelled (an
+        entry a read was handed stays pending to us, and the lease we drop on exit frees it)."""
+        running = asyncio.ensure_future(step)
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not running.done():
+                running.cancel()
+                await asyncio.wait({running}, timeout=CLEANUP_TIMEOUT_S)
+        if running.cancelled() or not running.done():
+            return default
+        return running.result()
 
     async def _drained(self) -> bool:
         """Burst mode ends when nothing runs, nothing is new and no retry is waiting."""
@@ -332,7 +352,9 @@ class Worker:
         )
         if self.burst:
             block_ms = min(block_ms, 100)
-        new = await group.read_new(self.redis, self.consumer, count=1, block_ms=max(1, block_ms))
+        new = await self._unless_stopping(
+            group.read_new(self.redis, self.consumer, count=1, block_ms=max(1, block_ms)), []
+        )
         if new:
             return new[0], 1, last_reclaim
         return None, 1, last_reclaim

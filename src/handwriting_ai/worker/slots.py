@@ -200,10 +200,12 @@ class SlotPool:
         self.free: asyncio.Queue[Slot] = asyncio.Queue()
         self.broken = False
 
-    async def start(self) -> None:
+    async def start(self) -> bool:
+        """Start and warm every slot; True once all are ready."""
         await asyncio.gather(*(slot.start() for slot in self.slots))
         for slot in self.slots:
             self.free.put_nowait(slot)
+        return True
 
     @property
     def free_count(self) -> int:
