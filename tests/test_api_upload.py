@@ -126,6 +126,15 @@ def test_a_job_keeps_the_version_its_first_run_stored(
     assert (again.json()["version"], again.json()["created"]) == (first.version, False)
     assert list_versions(model_dir, "tiny_new") == [first.version]
 
+    def reused(data: dict[str, object]) -> None:  # the request_id again, a later entry: a new job
+        data["request_id"], data["entry_id"] = "job-7", "9-0"
+
+    later = write_artifact(
+        tmp_path / "run3", "tiny_new", seed=5, version="20260102T000000Z", edit=reused
+    )
+    assert upload(admin, later).json()["created"] is True
+    assert list_versions(model_dir, "tiny_new") == [first.version, later.version]
+
 
 def test_same_version_with_other_weights_is_a_conflict(admin: Client, source: Artifact) -> None:
     assert upload(admin, source).status_code == 201

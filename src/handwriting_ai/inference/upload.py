@@ -89,8 +89,9 @@ def check_artifact(
     return manifest
 
 
-def version_of_job(model_dir: Path, model_id: str, request_id: str) -> str | None:
-    """The stored version that the training job `request_id` made, if any."""
+def version_of_job(model_dir: Path, model_id: str, request_id: str, entry_id: str) -> str | None:
+    """The stored version that the training job made (its `request_id` from that stream entry:
+    a request_id used again later, after its status expired, is another job), if any."""
     if not request_id:
         return None
     for version in list_versions(model_dir, model_id):
@@ -100,7 +101,11 @@ def version_of_job(model_dir: Path, model_id: str, request_id: str) -> str | Non
             )
         except (OSError, ValueError, RecursionError):
             continue
-        if isinstance(data, dict) and data.get("request_id") == request_id:
+        if (
+            isinstance(data, dict)
+            and data.get("request_id") == request_id
+            and data.get("entry_id") == entry_id
+        ):
             return version
     return None
 
@@ -120,7 +125,7 @@ def store_artifact(
         model_sha256=digest,
         created=True,
     )
-    earlier = version_of_job(model_dir, manifest.model_id, manifest.request_id)
+    earlier = version_of_job(model_dir, manifest.model_id, manifest.request_id, manifest.entry_id)
     if earlier is not None and earlier != manifest.version:
         # The job's first run was stored and its worker died before reporting it; the rerun's
         # model is not kept: one job, one stored version, the one its events will name.

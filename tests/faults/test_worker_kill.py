@@ -1,0 +1,104 @@
+"""Workers die at the worst moments: SIGKILL during training, and self-inflicted SIGKILLs at the
+test-only fault points `HANDWRITING_AI_CRASH_AT=after_train | after_upload | after_commit`
+(after the child finished, after the upload was answered 201, after the final commit). The job
+still ends exactly once with its own model; a dead worker's entry is taken by exactly one of
+two idle workers racing for it."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from faults.harness import Job, Rig, WorkerProcess, enqueue, wait_for
+from faults.invariants import assert_invariants, count, describe, settle, status, tail
+from handwriting_ai.inference.store import list_versions
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.timeout(600)]
+
+
+def _runner(rig: Rig, job: Job, workers: list[WorkerProcess]) -> WorkerProcess:
+    name = status(rig.client, job.request_id).get("worker", "")
+    found = [w for w in workers if w.consumer == name]
+    assert found, f"the job runs on {name!r}, none of {[w.consumer for w in workers]}"
+    return found[0]
+
+
+def _training(rig: Rig, job: Job) -> None:
+    wait_for(
+        lambda: count(rig.client, job.request_id, "epoch") >= 1, timeout_s=180, what="training"
+    )
+
+
+def test_worker_sigkilled_during_training(rig: Rig) -> None:
+    """The job is reclaimed by the other worker and trained again (one injected failure: two
+    `started`); the status counts the crash."""
+    workers = [rig.worker("a", wait=False), rig.worker("b", wait=False)]
+    rig.wait_ready(*workers)
+    job = rig.job("kill-train", seed=909, epochs=12)
+    enqueue(rig.client, job)
+    _training(rig, job)
+    victim = _runner(rig, job, workers)
+    victim.kill()
+    survivors = [w for w in workers if w is not victim]
+    settle(rig.client, [job], timeout_s=240, workers=survivors)
+    assert_invariants(
+        rig.client, rig.model_dir, [job], survivors, starts={job.request_id: 2}, tag="kill"
+    )
+    final = status(rig.client, job.request_id)
+    assert final["worker"] == survivors[0].consumer
+    assert final.get("crashes") == "1", describe(rig.client, [job])
+
+
+@pytest.mark.parametrize(
+    ("point", "starts"),
+    [
+        pytest.param("after_train", 2, id="during-upload-before-it"),
+        pytest.param("after_upload", 2, id="after-the-201"),
+        pytest.param("after_commit", 1, id="between-final-event-and-ack"),
+    ],
+)
+def test_worker_killed_at_a_fault_point(rig: Rig, point: str, starts: int) -> None:
+    """The crashing worker takes the job (it starts alone), the survivor starts once it runs.
+    Killed before the job's outcome was committed, the job is trained again elsewhere (two
+    `started`); killed after it, the job is over and nobody runs it again (one `started`)."""
+    crashing = rig.worker("crashing", HANDWRITING_AI_CRASH_AT=point)
+    job = rig.job(f"crash-{point}", seed=111, epochs=2, model_id=f"mnist_digitnet_tiny_{point}")
+    enqueue(rig.client, job)
+    wait_for(lambda: count(rig.client, job.request_id, "started") >= 1, timeout_s=120, what="start")
+    assert status(rig.client, job.request_id)["worker"] == crashing.consumer
+    survivor = rig.worker("survivor")
+    try:
+        code = crashing.process.wait(180)
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code == -9, (
+        f"the worker with HANDWRITING_AI_CRASH_AT={point} did not kill itself (exit {code}):"
+        f"\n{describe(rig.client, [job])}\n{tail(crashing.log())}"
+    )
+    settle(rig.client, [job], timeout_s=240, workers=[survivor])
+    assert_invariants(
+        rig.client, rig.model_dir, [job], [survivor], starts={job.request_id: starts}, tag=point
+    )
+    # One job, one stored version: after `after_upload` the rerun's upload is answered with the
+    # version the first run stored (its manifest names the same job).
+    versions = list_versions(rig.model_dir, job.model_id)
+    assert len(versions) == 1, versions
+
+
+def test_two_workers_race_to_reclaim_a_dead_workers_entry(rig: Rig) -> None:
+    """Three workers; the one running the job is killed. Exactly one of the two idle ones takes
+    its entry: one `started` after the death, and the job ends once."""
+    workers = [rig.worker(name, wait=False) for name in ("a", "b", "c")]
+    rig.wait_ready(*workers)
+    job = rig.job("race", seed=222, epochs=12)
+    enqueue(rig.client, job)
+    _training(rig, job)
+    victim = _runner(rig, job, workers)
+    racers = [w for w in workers if w is not victim]
+    victim.kill()
+    settle(rig.client, [job], timeout_s=240, workers=racers)
+    assert status(rig.client, job.request_id)["worker"] in {r.consumer for r in racers}
+    assert_invariants(
+        rig.client, rig.model_dir, [job], racers, starts={job.request_id: 2}, tag="race"
+    )
