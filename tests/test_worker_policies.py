@@ -156,6 +156,20 @@ async def test_reclaim_needs_an_idle_entry_and_a_lost_lease(tmp_path: Path, whic
         await redis.aclose()
 
 
+def _malformed(ref: JobRef) -> lifecycle.Transition:
+    return lifecycle.dead(
+        ref,
+        {"model_id": "nosucharch", "user_id": "²"},
+        kind="user",
+        reason="bad @ $.model_id",
+        status="failed",
+        attempt=1,
+        deliveries=1,
+        limits=LIMITS,
+        now=NOW,
+    )
+
+
 @pytest.mark.parametrize("which", ["default", "system"])
 async def test_commit_is_fenced_and_atomic(tmp_path: Path, which: str) -> None:
     binary = BINARIES[which]
@@ -167,17 +181,7 @@ async def test_commit_is_fenced_and_atomic(tmp_path: Path, which: str) -> None:
         entry_id = str(await redis.xadd(JOBS_STREAM, {"model_id": "nosucharch", "user_id": "²"}))
         await group.read_new(redis, "old-owner", count=1, block_ms=1)
         ref = JobRef("job-" + entry_id, 0, "", entry_id, "old-owner")
-        dead = lifecycle.dead(
-            ref,
-            {"model_id": "nosucharch", "user_id": "²"},
-            kind="user",
-            reason="bad @ $.model_id",
-            status="failed",
-            attempt=1,
-            deliveries=1,
-            limits=LIMITS,
-            now=NOW,
-        )
+        dead = _malformed(ref)
         # Another worker took the entry: the old owner's whole ending is refused, nothing lands.
         await redis.xclaim(JOBS_STREAM, JOBS_GROUP, "new-owner", 0, [entry_id])
         lost = await commit_once(redis, dead, entry_id=entry_id, consumer="old-owner")
@@ -185,18 +189,7 @@ async def test_commit_is_fenced_and_atomic(tmp_path: Path, which: str) -> None:
         assert await redis.xlen(DEAD_STREAM) == 0
         assert await redis.exists(status_key(ref.request_id), EVENTS_STREAM) == 0
         # The owner's ending lands whole: event, dead letter, final status, ack.
-        new_ref = JobRef(ref.request_id, 0, "", entry_id, "new-owner")
-        dead = lifecycle.dead(
-            new_ref,
-            {"model_id": "nosucharch", "user_id": "²"},
-            kind="user",
-            reason="bad @ $.model_id",
-            status="failed",
-            attempt=1,
-            deliveries=1,
-            limits=LIMITS,
-            now=NOW,
-        )
+        dead = _malformed(JobRef(ref.request_id, 0, "", entry_id, "new-owner"))
         written = await commit_once(redis, dead, entry_id=entry_id, consumer="new-owner")
         assert written is Committed.WRITTEN
         assert (await redis.xpending(JOBS_STREAM, JOBS_GROUP))["pending"] == 0
