@@ -1,12 +1,16 @@
 """Workers die at the worst moments: SIGKILL during training, and self-inflicted SIGKILLs at the
 test-only fault points `HANDWRITING_AI_CRASH_AT=after_train | after_upload | after_commit`
-(after the child finished, after the upload was answered 201, after the final commit). The job
+(after the child finished, after the upload was answered 201, after the final commit), and a
+training slot that cannot be started again (`slot_restart`). The job
 still ends exactly once with its own model; a dead worker's entry is taken by exactly one of
 two idle workers racing for it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -101,4 +105,37 @@ def test_two_workers_race_to_reclaim_a_dead_workers_entry(rig: Rig) -> None:
     assert status(rig.client, job.request_id)["worker"] in {r.consumer for r in racers}
     assert_invariants(
         rig.client, rig.model_dir, [job], racers, starts={job.request_id: 2}, tag="race"
+    )
+
+
+def _training_child(worker: WorkerProcess) -> int:
+    """The pid of the worker's training subprocess (a spawned child, not the resource tracker)."""
+    for child in Path(f"/proc/{worker.process.pid}/task").glob("*/children"):
+        for pid in child.read_text().split():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                return int(pid)
+    raise AssertionError(f"no training child under worker {worker.process.pid}")
+
+
+def test_a_slot_that_cannot_start_again_ends_its_worker(rig: Rig) -> None:
+    """Finding 6: the training child dies and can no longer be started (fault point
+    `slot_restart`): the worker does not idle on with a healthy health key; it ends the job's
+    run as a failure, exits 1 for its supervisor, and another worker runs the retry once."""
+    broken = rig.worker("broken", HANDWRITING_AI_CRASH_AT="slot_restart")
+    job = rig.job("slot-lost", seed=333, epochs=12)
+    enqueue(rig.client, job)
+    _training(rig, job)
+    os.kill(_training_child(broken), signal.SIGKILL)
+    try:
+        code = broken.process.wait(120)
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code == 1, f"exit {code}:\n{tail(broken.log())}"
+    assert "worker_cannot_go_on" in broken.log()
+    assert not rig.client.exists(f"digits:worker:{broken.consumer}:health")
+    survivor = rig.worker("survivor")
+    settle(rig.client, [job], timeout_s=240, workers=[survivor])
+    assert_invariants(
+        rig.client, rig.model_dir, [job], [survivor], starts={job.request_id: 2}, tag="slot"
     )
