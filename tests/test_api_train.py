@@ -193,6 +193,7 @@ def test_status_unknown_then_reflects_updates(
     fields: dict[str, str | int] = {
         "status": "running",
         "attempts": 1,
+        "crashes": 1,
         "worker": "w-1",
         "progress": progress,
     }
@@ -200,12 +201,13 @@ def test_status_unknown_then_reflects_updates(
     body = _body(client.get("/v1/train/job-1"))
     assert body["status"] == "running"
     assert body["attempts"] == 1
+    assert (body["crashes"], body["failures"]) == (1, 0)
     assert body["worker"] == "w-1"
     assert body["progress"] == {"epoch": 1, "batch": 3}
     assert set(body) == {
         "request_id", "model_id", "user_id", "status", "attempts", "progress", "result",
         "error_kind", "message", "created_at", "updated_at", "worker", "retry_at",
-        "cancel_requested",
+        "cancel_requested", "crashes", "failures",
     }  # fmt: skip
 
 

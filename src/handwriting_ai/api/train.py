@@ -76,6 +76,8 @@ class TrainStatus:
     worker: str
     retry_at: str
     cancel_requested: bool
+    crashes: int  # runs that ended their worker (the poison cap counts these)
+    failures: int  # system failures (the retry budget counts these)
 
 
 def status_body(status: JobStatus) -> TrainStatus:
@@ -94,6 +96,8 @@ def status_body(status: JobStatus) -> TrainStatus:
         worker=status.worker,
         retry_at=status.retry_at,
         cancel_requested=status.cancel_requested,
+        crashes=status.crashes,
+        failures=status.failures,
     )
 
 
