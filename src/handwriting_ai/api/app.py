@@ -26,7 +26,7 @@ from handwriting_ai.contracts.events import TrainCompleted
 from handwriting_ai.errors import AppError
 from handwriting_ai.inference.engine import EngineHolder, load_ensemble
 from handwriting_ai.inference.reconcile import Reconciler, reconcile_forever
-from handwriting_ai.inference.store import bundled_model_dir, seed_models
+from handwriting_ai.inference.store import bundled_model_dir, current_version, seed_models
 from handwriting_ai.logging import get_logger
 from handwriting_ai.preprocessing import preprocess_hash
 from handwriting_ai.settings import Settings
@@ -73,6 +73,14 @@ async def _start_reconciling(state: AppState) -> list[asyncio.Task[None]]:
         expected_hash=preprocess_hash(),
         temperature_override=settings.digits.ensemble_temperature_override,
     )
+    served = {
+        m.manifest.model_id
+        for m in (state.engine.ensemble.members if state.engine.ensemble else ())
+    }
+    for model_id in settings.digits.active_model:
+        version = None if model_id in served else current_version(settings.model_dir, model_id)
+        if version is not None:
+            reconciler.refused_at_start(model_id, version)
     wake = asyncio.Event()
 
     async def reconcile_once() -> None:

@@ -106,6 +106,11 @@ class Reconciler:
     # model_id -> why judging failed last pass (logged when it changes, not every pass).
     _cannot_judge: dict[str, str] = field(factory=dict)
 
+    def refused_at_start(self, model_id: str, version: str) -> None:
+        """The start-up load already refused (and logged) this CURRENT version: following it
+        again would only repeat that, until `CURRENT` names another version."""
+        self._failing[(model_id, version)] = True
+
     def reconcile(self) -> list[ReloadOutcome]:
         """One pass over the active models; skipped (empty) while a previous pass still runs."""
         if not self._busy.acquire(blocking=False):
