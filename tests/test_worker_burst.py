@@ -84,7 +84,11 @@ async def test_burst_worker_runs_good_jobs_and_dead_letters_poison(
         assert "@ $.epoch" in letters[typo].reason
         assert "@ $.epochs" in letters[bad].reason
         assert "nosucharch" in letters[unknown].reason
-        for request_id in (f"job-{typo}", "bad-1", "unknown-1"):
+        # Reported under `job-<entry id>`, never under the request_id they name (a job that owns
+        # it may be starting elsewhere); the dead letter keeps the fields as sent.
+        assert entry_fields(letters[bad])["request_id"] == "bad-1"
+        assert not client.exists("digits:job:bad-1", "digits:job:unknown-1")
+        for request_id in (f"job-{typo}", f"job-{bad}", f"job-{unknown}"):
             failed = events(client, request_id)
             assert [e.type for e in failed] == ["digits.train.failed.v1"]
             assert isinstance(failed[0], TrainFailed)

@@ -132,13 +132,7 @@ class JobRun:
     # ------------------------------------------------------------------ checks
 
     async def _malformed(self, reason: str) -> Outcome:
-        """A job that will never run: its request_id is used only if no other job owns it."""
-        status = await read_status(self.redis, self.ref.request_id)
-        if status is not None and status.entry_id != self.entry_id:
-            request_id, user_id, model_id = lifecycle.entry_ids(
-                self.fields, self.entry_id, known_request_ids=frozenset({self.ref.request_id})
-            )
-            self.ref = JobRef(request_id, user_id, model_id, self.entry_id, self.parts.consumer)
+        """A job that will never run: reported under `job-<entry id>` (see `entry_ids`)."""
         return await self.end(self._dead("user", reason, "failed"), "failed")
 
     async def check(self) -> TrainJob | Outcome:

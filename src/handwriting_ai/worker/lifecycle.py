@@ -26,7 +26,6 @@ from handwriting_ai.contracts.events import (
     encode_event,
 )
 from handwriting_ai.contracts.jobs import (
-    REQUEST_ID_PATTERN,
     SAFE_ID_PATTERN,
     dead_letter,
     dead_letter_to_fields,
@@ -93,22 +92,16 @@ def _plain_int(text: str) -> int | None:
     return None
 
 
-def entry_ids(
-    fields: Mapping[str, str], entry_id: str, *, known_request_ids: frozenset[str] = frozenset()
-) -> tuple[str, int, str]:
-    """(request_id, user_id, model_id) for the events of ANY entry, however malformed: a value
-    that breaks its contract is replaced (`job-<entry id>`, 0, empty), and a request_id that
-    already belongs to another job is not reused, so a hostile entry never writes into it."""
-    raw_request = fields.get("request_id", "")
-    request_id = (
-        raw_request
-        if re.fullmatch(REQUEST_ID_PATTERN, raw_request) and raw_request not in known_request_ids
-        else f"job-{entry_id}"
-    )
+def entry_ids(fields: Mapping[str, str], entry_id: str) -> tuple[str, int, str]:
+    """(request_id, user_id, model_id) for the events of an entry that may be malformed: the
+    request_id is always `job-<entry id>` (a malformed entry must never write into the status of
+    a job that owns its request_id: that job may be starting on another worker this very moment;
+    the dead letter keeps the fields as sent), and a user_id or model_id that breaks its
+    contract is replaced (0, empty)."""
     user_id = _plain_int(fields.get("user_id", "0")) or 0
     raw_model = fields.get("model_id", "")
     model_id = raw_model if re.fullmatch(SAFE_ID_PATTERN, raw_model) else ""
-    return request_id, user_id, model_id
+    return f"job-{entry_id}", user_id, model_id
 
 
 # ---------------------------------------------------------------------- building blocks
