@@ -209,6 +209,8 @@ class Worker:
             except RedisError as exc:
                 self.suspects.reset()  # we were cut off too: what we saw says nothing
                 self.log.warning("redis_error", step=step.__name__, error=str(exc))
+            except Exception:  # a bug in one step must not silently end the heartbeat
+                self.log.exception("step_failed", step=step.__name__)
             await asyncio.sleep(interval_s)
 
     async def _on_response_error(self, exc: ResponseError) -> None:

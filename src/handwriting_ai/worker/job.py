@@ -217,6 +217,8 @@ class JobRun:
             if not isinstance(checked, TrainJob):
                 return checked
             job = checked
+            # The heartbeat refreshes the lock and polls cancellation by the job's own id.
+            running.request_id = job.request_id
             deadline = asyncio.get_running_loop().time() + self.settings.streams.job_timeout_s
             running.slot = slot
             try:
