@@ -288,3 +288,21 @@ def test_limits() -> None:
         decode_image(png_bytes(paper(60, 255)), tight)  # 3600 pixels
     with pytest.raises(BadDimensionsError):
         decode_image(png_bytes(np.full((10, 65), 255, dtype=np.uint8)), tight)
+
+
+def stroke_width(pixels: U8) -> float:
+    """Mean stroke width in pixels: twice the ink area over its outline length."""
+    mask = (pixels > 127).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    perimeter = sum(cv2.arcLength(c, True) for c in contours)
+    return 2.0 * float(mask.sum()) / perimeter if perimeter else 0.0
+
+
+@pytest.mark.parametrize(("side", "pen"), [(600, 2), (800, 2), (1000, 3)])
+def test_a_fine_pen_on_a_big_page_gets_mnist_like_strokes(side: int, pen: int) -> None:
+    """A 2 px pen on a big page would shrink to a hairline in 28x28: strokes are thickened to
+    about the width of a bold drawing's (the model was trained on MNIST's)."""
+    bold = stroke_width(preprocess_gray(seven()).pixels)
+    fine = preprocess_gray(draw_seven(paper(side), thickness=pen))
+    assert fine.pixels.max() == 255
+    assert stroke_width(fine.pixels) >= 0.75 * bold

@@ -163,3 +163,33 @@ def test_settings_are_frozen() -> None:
     name = "port"
     with pytest.raises(FrozenInstanceError):
         setattr(settings.app, name, 1)
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "claim", "ok"),
+    [
+        ("2", "6", True),
+        ("2", "5.9", False),
+        ("1", "3", True),
+        ("1", "2.5", False),
+        ("0", "10", False),
+    ],
+)
+def test_claim_idle_must_be_three_heartbeats(heartbeat: str, claim: str, ok: bool) -> None:
+    """A claim idle time near the heartbeat lets a worker take a live job: refused, by name."""
+    env = {"STREAMS__HEARTBEAT_INTERVAL_S": heartbeat, "STREAMS__CLAIM_MIN_IDLE_S": claim}
+    if ok:
+        assert load_settings(env).streams.claim_min_idle_s == float(claim)
+        return
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    assert "STREAMS__" in str(caught.value)
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 2), (8, 8), (64, 8), (None, 1)])
+def test_auto_threads_are_one_per_core_at_most_eight(
+    monkeypatch: pytest.MonkeyPatch, cores: int | None, expected: int
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert load_settings({"APP__THREADS": "0"}).app.executor_threads == expected
+    assert load_settings({"APP__THREADS": "5"}).app.executor_threads == 5

@@ -1,0 +1,393 @@
+"""Mutation check: break one promise at a time in a scratch copy and show the suite notices.
+
+Each mutant is one exact text replacement in one source file (the old text must occur exactly
+once, so a mutant never goes stale silently). For each, a fresh copy of the working tree is made
+under a scratch folder, the edit applied there, and pytest runs with the copy's `src` first on
+`PYTHONPATH` (worker and `digits up` subprocesses inherit it), so the checkout is never touched.
+
+A mutant first meets the tests named for it (fast: seconds to a minute); one that survives those
+meets the whole suite (`-x`), and only a mutant that survives the whole suite is reported as
+survived. A clean copy runs every named test first: a "kill" against tests that fail anyway
+would mean nothing.
+
+    ./dev run python ops/mutants.py     # every mutant: killed or survived; exit 1 if any survived
+    ./dev run python ops/mutants.py --list
+    ./dev run python ops/mutants.py --only center_flag_ignored,optimizer_step_removed
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from attrs import frozen
+
+ROOT = Path(__file__).resolve().parents[1]
+# A mutant's named tests, then the suite, each get this long; a hang counts as killed only if
+# pytest-timeout ended it (a failed test), never by this outer limit.
+NAMED_TIMEOUT_S = 900
+SUITE_TIMEOUT_S = 3600
+
+
+@frozen
+class Mutant:
+    name: str
+    area: str
+    path: str  # relative to the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files tried first
+
+
+def m(name: str, area: str, path: str, old: str, new: str, *tests: str) -> Mutant:
+    return Mutant(name, area, path, old, new, tests)
+
+
+S = "src/handwriting_ai/"
+
+MUTANTS: tuple[Mutant, ...] = (
+    # ------------------------------------------------------------------ preprocessing and decode
+    m(
+        "invert_flag_ignored",
+        "preprocessing",
+        S + "preprocessing/pipeline.py",
+        "inverted = _dark_background(gray) if options.invert is None else options.invert",
+        "inverted = _dark_background(gray)",
+        "tests/test_preprocessing.py",
+    ),
+    m(
+        "auto_polarity_flipped",
+        "preprocessing",
+        S + "preprocessing/pipeline.py",
+        "return float(np.median(border)) < (float(lo) + float(hi)) / 2",
+        "return float(np.median(border)) > (float(lo) + float(hi)) / 2",
+        "tests/test_preprocessing.py",
+    ),
+    m(
+        "deskew_cap_tripled",
+        "preprocessing",
+        S + "preprocessing/pipeline.py",
+        "angle = max(-cap, min(cap, angle))",
+        "angle = max(-3 * cap, min(3 * cap, angle))",
+        "tests/test_preprocessing.py",
+    ),
+    m(
+        "ruled_lines_kept",
+        "preprocessing",
+        S + "preprocessing/pipeline.py",
+        "mask, lines_removed = remove_ruled_lines(as_u8(mask))",
+        "lines_removed = 0",
+        "tests/test_preprocessing.py",
+    ),
+    m(
+        "mnist_normalisation_dropped",
+        "preprocessing",
+        S + "preprocessing/pipeline.py",
+        "tensor = ((pixels.astype(np.float32) / 255.0) - _MEAN) / _STD",
+        "tensor = pixels.astype(np.float32) / 255.0",
+        "tests/test_preprocessing.py",
+    ),
+    m(
+        "thin_strokes_not_thickened",
+        "preprocessing",
+        S + "preprocessing/pipeline.py",
+        "    if grow < 2:\n        return digit",
+        "    if grow < 2 or True:\n        return digit",
+        "tests/test_preprocessing.py",
+        "tests/test_realistic_set.py",
+    ),
+    m(
+        "center_of_mass_not_centred",
+        "preprocessing",
+        S + "preprocessing/pipeline.py",
+        "limit = (_CANVAS - _BOX) // 2",
+        "limit = 0",
+        "tests/test_preprocessing.py",
+    ),
+    m(
+        "exif_orientation_ignored",
+        "decode",
+        S + "preprocessing/decode.py",
+        "        ImageOps.exif_transpose(image, in_place=True)",
+        "        pass",
+        "tests/test_preprocessing.py",
+        "tests/test_api_read.py",
+    ),
+    m(
+        "pixel_limit_loosened",
+        "decode",
+        S + "preprocessing/decode.py",
+        "if width * height > limits.max_pixels:",
+        "if width * height > 4 * limits.max_pixels:",
+        "tests/test_preprocessing.py",
+        "tests/test_api_read.py",
+    ),
+    m(
+        "side_limit_off_by_one",
+        "decode",
+        S + "preprocessing/decode.py",
+        "if max(width, height) > limits.max_side_px:",
+        "if max(width, height) > limits.max_side_px + 1:",
+        "tests/test_preprocessing.py",
+        "tests/test_api_read.py",
+    ),
+    m(
+        "alpha_drawing_not_read",
+        "decode",
+        S + "preprocessing/decode.py",
+        "if float(np.ptp(composed)) < 32.0 and float(np.ptp(alpha)) > 0.5:",
+        "if False:",
+        "tests/test_preprocessing.py",
+    ),
+    # ------------------------------------------------------------------ ensemble maths
+    m(
+        "tta_views_not_averaged",
+        "ensemble",
+        S + "inference/calibration.py",
+        "calibrated_probs(lg, t).mean(dim=0) for lg",
+        "calibrated_probs(lg, t)[0] for lg",
+        "tests/test_ensemble_math.py",
+    ),
+    # ------------------------------------------------------------------ streams ledger
+    m(
+        "commit_fence_owner_ignored",
+        "streams",
+        S + "worker/commit.py",
+        "if p[1][2] ~= ARGV[3] then return 0 end",
+        "if false then return 0 end",
+        "tests/test_worker_policies.py",
+    ),
+    m(
+        "queue_cap_off_by_one",
+        "streams",
+        S + "streams/enqueue.py",
+        "if held >= tonumber(ARGV[1]) then",
+        "if held > tonumber(ARGV[1]) then",
+        "tests/test_api_train.py",
+    ),
+    m(
+        "completed_status_kept_as_long_as_failures",
+        "streams",
+        S + "worker/lifecycle.py",
+        "*_end(ref, status, limits.result_ttl_s, now)",
+        "*_end(ref, status, limits.failure_ttl_s, now)",
+        "tests/test_lifecycle.py",
+    ),
+    m(
+        "retried_entry_not_acked",
+        "streams",
+        S + "worker/lifecycle.py",
+        """        ("XACK", JOBS_STREAM, JOBS_GROUP, ref.entry_id),
+    ]
+    return Transition("retried", tuple(commands), (event,))""",
+        """    ]
+    return Transition("retried", tuple(commands), (event,))""",
+        "tests/test_lifecycle.py",
+    ),
+    # ------------------------------------------------------------------ settings
+    m(
+        "claim_to_heartbeat_rule_loosened",
+        "settings",
+        S + "settings.py",
+        "CLAIM_TO_HEARTBEAT_MIN = 3.0",
+        "CLAIM_TO_HEARTBEAT_MIN = 1.0",
+        "tests/test_settings.py",
+    ),
+    m(
+        "auto_threads_uncapped",
+        "settings",
+        S + "settings.py",
+        "min(8, os.cpu_count() or 1)",
+        "(os.cpu_count() or 1)",
+        "tests/test_settings.py",
+    ),
+)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@frozen
+class Verdict:
+    mutant: Mutant
+    killed: bool
+    by: str  # "named tests", "suite", or why it survived
+    seconds: float
+    detail: str
+
+
+def tracked_files() -> list[str]:
+    """Tracked and untracked-but-not-ignored files: the working tree as a clone would see it,
+    plus work in progress."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [name for name in out.decode().split("\0") if name and (ROOT / name).is_file()]
+
+
+def scratch_copy(files: Sequence[str], into: Path) -> Path:
+    if into.exists():
+        shutil.rmtree(into)
+    for name in files:
+        target = into / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    return into
+
+
+def apply(mutant: Mutant, copy: Path) -> None:
+    path = copy / mutant.path
+    text = path.read_text()
+    count = text.count(mutant.old)
+    if count != 1:
+        raise SystemExit(f"{mutant.name}: the old text occurs {count} times in {mutant.path}")
+    path.write_text(text.replace(mutant.old, mutant.new))
+
+
+def pytest_env(copy: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(copy / "src")
+    env.pop("PYTEST_ADDOPTS", None)
+    return env
+
+
+def run_pytest(copy: Path, args: Sequence[str], timeout_s: float) -> tuple[int, str]:
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args]
+    try:
+        done = subprocess.run(
+            command,
+            cwd=copy,
+            env=pytest_env(copy),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stdout or b"")[-2000:]
+        return -1, tail.decode(errors="replace") if isinstance(tail, bytes) else str(tail)
+    return done.returncode, (done.stdout + done.stderr)[-4000:]
+
+
+def failed_line(output: str) -> str:
+    for line in output.splitlines():
+        if line.startswith(("FAILED", "ERROR")):
+            return line[:160]
+    return output.strip().splitlines()[-1][:160] if output.strip() else ""
+
+
+def imports_from(copy: Path) -> None:
+    """The copy's package is the one imported (the editable install must not win)."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import handwriting_ai; print(handwriting_ai.__file__)"],
+        cwd=copy,
+        env=pytest_env(copy),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.strip()
+    if not out.startswith(str(copy)):
+        raise SystemExit(f"the scratch copy is not what gets imported: {out}")
+
+
+def judge(mutant: Mutant, files: Sequence[str], base: Path, full_suite: bool) -> Verdict:
+    started = time.monotonic()
+    copy = scratch_copy(files, base / mutant.name)
+    try:
+        apply(mutant, copy)
+        code, output = run_pytest(copy, mutant.tests, NAMED_TIMEOUT_S)
+        if code == 1:
+            return Verdict(
+                mutant, True, "named tests", time.monotonic() - started, failed_line(output)
+            )
+        if code != 0:
+            # 2: collection error or interrupted; 5: nothing collected; -1: outer timeout.
+            return Verdict(
+                mutant, False, f"named tests exit {code}", time.monotonic() - started, output[-300:]
+            )
+        if not full_suite:
+            return Verdict(mutant, False, "named tests passed", time.monotonic() - started, "")
+        code, output = run_pytest(copy, [], SUITE_TIMEOUT_S)
+        killed = code == 1
+        by = "suite" if killed else f"suite exit {code}"
+        return Verdict(mutant, killed, by, time.monotonic() - started, failed_line(output))
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def control(mutants: Sequence[Mutant], files: Sequence[str], base: Path) -> float:
+    """Every named test passes on an unmutated copy."""
+    started = time.monotonic()
+    copy = scratch_copy(files, base / "control")
+    try:
+        imports_from(copy)
+        names = sorted({test for mutant in mutants for test in mutant.tests})
+        code, output = run_pytest(copy, names, NAMED_TIMEOUT_S * 2)
+        if code != 0:
+            raise SystemExit(f"control run failed (exit {code}): fix the suite first\n{output}")
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    return time.monotonic() - started
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--list", action="store_true", help="print the mutants and exit")
+    parser.add_argument("--only", default="", help="comma-separated mutant names")
+    parser.add_argument(
+        "--no-suite", action="store_true", help="stop at the named tests (no whole-suite pass)"
+    )
+    parser.add_argument("--no-control", action="store_true", help="skip the clean control run")
+    args = parser.parse_args(argv)
+
+    chosen = list(MUTANTS)
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {mutant.name for mutant in MUTANTS}
+        if unknown:
+            parser.error(f"unknown mutants: {', '.join(sorted(unknown))}")
+        chosen = [mutant for mutant in MUTANTS if mutant.name in wanted]
+    if args.list:
+        for mutant in chosen:
+            print(f"{mutant.name:40} {mutant.area:14} {mutant.path}")
+        return 0
+
+    files = tracked_files()
+    with tempfile.TemporaryDirectory(prefix="mutants-") as tmp:
+        base = Path(tmp)
+        # Refuse stale mutants before spending minutes on anything.
+        for mutant in chosen:
+            apply(mutant, scratch_copy([mutant.path], base / "check"))
+        if not args.no_control:
+            print(
+                f"control: named tests pass on a clean copy ({control(chosen, files, base):.0f} s)"
+            )
+        verdicts: list[Verdict] = []
+        for mutant in chosen:
+            verdict = judge(mutant, files, base, full_suite=not args.no_suite)
+            verdicts.append(verdict)
+            word = "killed" if verdict.killed else "SURVIVED"
+            print(
+                f"{word:8} {mutant.name:40} {mutant.area:14} by {verdict.by:<16}"
+                f" {verdict.seconds:6.0f} s  {verdict.detail}",
+                flush=True,
+            )
+    killed = sum(v.killed for v in verdicts)
+    print(f"\n{killed} killed, {len(verdicts) - killed} survived, of {len(verdicts)} mutants")
+    return 0 if killed == len(verdicts) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
