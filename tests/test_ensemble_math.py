@@ -1,7 +1,8 @@
-"""Ensemble averaging, temperature scaling and TTA: the server's answer equals the maths done here.
+"""Ensemble averaging and temperature scaling: the server's answer equals the maths done here.
 
 The expected probabilities are computed in the test from fresh copies of the same weights, on the
 same preprocessed input, with `torch.softmax` directly (not through `inference.calibration`).
+Test-time augmentation is checked in `test_tta.py`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from handwriting_ai.api.read import limits_of
 from handwriting_ai.api.schemas import ReadResponse
 from handwriting_ai.contracts.converter import structure
 from handwriting_ai.inference.calibration import calibrated_probs, ensemble_probs
-from handwriting_ai.inference.tta import tta_batch, view_count
 from handwriting_ai.preprocessing import decode_image, preprocess_gray
-from handwriting_ai.preprocessing.pipeline import PARAMS
 from handwriting_ai.settings import Settings
 from helpers import (
     Artifact,
@@ -32,7 +31,6 @@ from helpers import (
     write_artifact,
 )
 
-BACKGROUND = (0.0 - float(PARAMS["mean"])) / float(PARAMS["std"])
 IMAGE = png_bytes(seven())
 
 
@@ -156,36 +154,3 @@ def test_missing_member_is_skipped(
 ) -> None:
     client, _ = start(serve, model_dir, ["tiny_a", "not_there"])
     assert read(client).model_id == "tiny_a"
-
-
-# --------------------------------------------------------------------------- TTA
-
-
-def test_tta_strong_shape_and_identity_first() -> None:
-    torch.manual_seed(2)
-    x = torch.randn(1, 1, 28, 28)
-    views = tta_batch(x, "strong", background=BACKGROUND)
-    assert views.shape == (9, 1, 28, 28) == (view_count("strong"), 1, 28, 28)
-    torch.testing.assert_close(views[0:1], x, atol=1e-5, rtol=0)
-    assert not torch.allclose(views[1], x[0], atol=1e-3)  # the other views really move
-
-
-def test_tta_none_is_the_input() -> None:
-    x = torch.zeros(1, 1, 28, 28)
-    assert tta_batch(x, "none", background=BACKGROUND) is x
-    assert view_count("none") == 1
-
-
-def test_tta_fills_uncovered_area_with_background() -> None:
-    x = torch.full((1, 1, 28, 28), BACKGROUND)
-    views = tta_batch(x, "strong", background=BACKGROUND)
-    torch.testing.assert_close(views, torch.full_like(views, BACKGROUND), atol=1e-5, rtol=0)
-
-
-def test_strong_tta_through_http(
-    serve: Serve, model_dir: Path, pair: tuple[Artifact, Artifact]
-) -> None:
-    client, settings = start(serve, model_dir, ["tiny_a", "tiny_b"], DIGITS__TTA_PROFILE="strong")
-    reading = read(client)
-    views = tta_batch(model_input(settings, IMAGE), "strong", background=BACKGROUND)
-    assert_probs(reading.probs, expected_probs(pair, [0.5, 2.0], views))

@@ -306,3 +306,15 @@ def test_a_fine_pen_on_a_big_page_gets_mnist_like_strokes(side: int, pen: int) -
     fine = preprocess_gray(draw_seven(paper(side), thickness=pen))
     assert fine.pixels.max() == 255
     assert stroke_width(fine.pixels) >= 0.75 * bold
+
+
+def slant_deg(pixels: U8) -> float:
+    """The slant of a shape from its second-order moments (0: upright)."""
+    m = cv2.moments(pixels.astype(np.float32))
+    return math.degrees(math.atan(m["mu11"] / m["mu02"]))
+
+
+@pytest.mark.parametrize("degrees", [6.0, -6.0, 9.0])
+def test_deskew_leaves_the_stroke_upright(degrees: float) -> None:
+    """The shear goes against the slant: what the model sees is upright, not slanted twice."""
+    assert abs(slant_deg(preprocess_gray(slanted_one(degrees), PreprocessOptions()).pixels)) < 2.5

@@ -66,9 +66,11 @@ def read_digit(
 
 
 def _png_b64(pre: Preprocessed, max_bytes: int) -> str | None:
-    """The 28x28 input as a PNG; a 28x28 grayscale PNG is under 1 KB, the cap is a guard."""
+    """The 28x28 input as a base64 PNG, left out when the field itself would exceed `max_bytes`
+    (a 28x28 grayscale PNG is under 1 KB: the cap is a guard)."""
     buf = io.BytesIO()
     Image.fromarray(pre.pixels, mode="L").save(buf, format="PNG", optimize=True)
-    if buf.tell() > max_bytes:
+    encoded = base64.b64encode(buf.getvalue())
+    if len(encoded) > max_bytes:
         return None
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return encoded.decode("ascii")
