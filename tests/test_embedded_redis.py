@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +14,12 @@ from handwriting_ai.supervisor.embedded_redis import (
     EmbeddedRedis,
     EmbeddedRedisError,
     find_redis_server,
-    free_port,
     pings,
     redis_url_for,
     server_args,
 )
 from helpers import pid_alive
+from worker_support import base_env
 
 
 def test_the_binary_is_found() -> None:
@@ -72,7 +71,7 @@ def test_a_queued_job_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_a_configured_port_in_use_is_an_error(tmp_path: Path) -> None:
-    first = EmbeddedRedis(tmp_path / "a", port=free_port())
+    first = EmbeddedRedis(tmp_path / "a")
     first.start()
     try:
         second = EmbeddedRedis(tmp_path / "b", port=first.port)
@@ -84,8 +83,7 @@ def test_a_configured_port_in_use_is_an_error(tmp_path: Path) -> None:
 
 
 def _digits(data_root: Path, *args: str, redis_url: str = "") -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and "__" not in k}
-    env.update(APP__DATA_ROOT=str(data_root), REDIS_URL=redis_url)
+    env = base_env(APP__DATA_ROOT=str(data_root), REDIS_URL=redis_url)
     return subprocess.run(
         [sys.executable, "-m", "handwriting_ai.cli", *args],
         env=env,

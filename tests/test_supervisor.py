@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,10 +34,17 @@ from handwriting_ai.supervisor import local_url as local_url_of
 from handwriting_ai.supervisor.embedded_redis import pings
 from helpers import pid_alive
 from tiny_mnist import write_tiny_mnist
-from worker_support import TINY_MODEL_ID
+from worker_support import TINY_MODEL_ID, base_env, wait_until
 
 SAMPLE = Path(__file__).resolve().parents[1] / "ops" / "samples" / "digit.jpg"
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)")
+STOP_WAIT_S = 10.0  # a process that was SIGKILLed is reaped within this
+
+
+def _ready_then(ready: Path, code: str) -> str:
+    """Python code for a child: its setup, then it creates `ready` (the test waits for that file,
+    not for a time), then `code`."""
+    return f"{code}\nopen({str(ready)!r}, 'w').close()\n"
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -72,6 +80,11 @@ def test_children_learn_where_redis_and_the_api_are(tmp_path: Path) -> None:
         "-m", "handwriting_ai.cli", "serve", "--host", "0.0.0.0", "--port", "9000"
     )  # fmt: skip
     assert specs[1].argv[1:] == ("-m", "handwriting_ai.worker")
+    assert specs[0].pass_fds == ()
+    # APP__PORT=0: `digits up` binds the port and hands the socket to the API
+    (api, *_) = child_specs(env, host="127.0.0.1", port=40123, workers=0, api_fd=7)
+    assert api.argv[1:] == ("-m", "handwriting_ai.cli", "serve", "--fd", "7")
+    assert api.pass_fds == (7,)
     assert local_url_of("0.0.0.0", 9000) == "http://127.0.0.1:9000"
     assert local_url_of("::", 9000) == "http://[::1]:9000"
 
@@ -89,7 +102,7 @@ def test_a_killed_child_is_restarted_with_backoff_and_logged(
 ) -> None:
     configure_logging("info", "json")
     sup = Supervisor(
-        [ChildSpec("api", SLEEPER, dict(os.environ)), ChildSpec("worker-1", SLEEPER, {})],
+        [ChildSpec("api", SLEEPER, base_env()), ChildSpec("worker-1", SLEEPER, {})],
         base_backoff_s=0.3,
         stop_timeout_s=5.0,
     )
@@ -122,46 +135,45 @@ def test_a_killed_child_is_restarted_with_backoff_and_logged(
     assert logged.count('"child_restarted"') == 2
 
 
-def test_shutdown_kills_a_child_that_ignores_sigterm() -> None:
-    stubborn = (
-        sys.executable,
-        "-c",
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)",
-    )
+def test_shutdown_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    ignore = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)"
+    stubborn = (sys.executable, "-c", _ready_then(ready, ignore) + "time.sleep(60)\n")
     sup = Supervisor([ChildSpec("stubborn", stubborn, {})], stop_timeout_s=0.5)
     sup.start()
     pid = sup.child("stubborn").pid
     assert pid is not None
-    time.sleep(0.3)  # let it install its handler
+    wait_until(ready.exists, timeout_s=30, what="the child to ignore SIGTERM")
     started = time.monotonic()
     sup.shutdown()
     assert 0.5 <= time.monotonic() - started < 5.0
     assert not pid_alive(pid)
 
 
-def _on_sigterm_write(name: str, out: Path, delay_s: float) -> tuple[str, ...]:
-    """A child that, on SIGTERM, waits `delay_s` (a job finishing), then appends its name."""
+def _on_sigterm_write(name: str, out: Path, delay_s: float, ready: Path) -> tuple[str, ...]:
+    """A child that, on SIGTERM, waits `delay_s` (a job finishing), then appends its name; it
+    creates `ready` once its handler is installed."""
     code = (
         "import signal, sys, time\n"
         "def stop(*_):\n"
         f"    time.sleep({delay_s})\n"
         f"    open({str(out)!r}, 'a').write({name!r} + '\\n')\n"
         "    sys.exit(0)\n"
-        "signal.signal(signal.SIGTERM, stop)\n"
-        "time.sleep(60)\n"
+        "signal.signal(signal.SIGTERM, stop)"
     )
-    return (sys.executable, "-c", code)
+    return (sys.executable, "-c", _ready_then(ready, code) + "time.sleep(60)\n")
 
 
 def test_workers_stop_before_the_api_they_upload_to(tmp_path: Path) -> None:
     order = tmp_path / "order"
+    ready = [tmp_path / "api.ready", tmp_path / "worker-1.ready"]
     specs = [
-        ChildSpec("api", _on_sigterm_write("api", order, 0.0), {}),
-        ChildSpec("worker-1", _on_sigterm_write("worker-1", order, 0.6), {}, stop_wave=1),
+        ChildSpec("api", _on_sigterm_write("api", order, 0.0, ready[0]), {}),
+        ChildSpec("worker-1", _on_sigterm_write("worker-1", order, 0.6, ready[1]), {}, stop_wave=1),
     ]
     sup = Supervisor(specs, stop_timeout_s=10.0)
     sup.start()
-    time.sleep(0.5)  # both have installed their handlers
+    wait_until(lambda: all(r.exists() for r in ready), timeout_s=30, what="both handlers")
     sup.shutdown()
     # The API is asked to stop only once the worker has finished.
     assert order.read_text().splitlines() == ["worker-1", "api"]
@@ -182,25 +194,27 @@ def test_run_stops_on_sigterm_from_another_process(tmp_path: Path) -> None:
         "' '.join(str(c.pid) for c in sup.children)))\n"
         "sys.exit(sup.run())\n"
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not (pids.exists() and len(pids.read_text().split()) == 2):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    children = [int(p) for p in pids.read_text().split()]
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 0
+    # The hook runs in the supervisor's loop, so the file also says its handlers are installed.
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=base_env(), stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(
+            lambda: pids.exists() and len(pids.read_text().split()) == 2,
+            timeout_s=20,
+            what="the supervisor's children",
+        )
+        children = [int(p) for p in pids.read_text().split()]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_WAIT_S)
     assert not any(pid_alive(pid) for pid in children)
 
 
 # --- the real thing: `digits up` ------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _status(url: str, data: bytes | None = None) -> int:
@@ -222,13 +236,11 @@ def _read(url: str, image: bytes) -> dict[str, object]:
     return body
 
 
-def _start_up(
-    data_root: Path, port: int, log: Path, *, workers: int = 1
-) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and "__" not in k}
-    env.update(
+def _start_up(data_root: Path, log: Path, *, workers: int = 1) -> subprocess.Popen[bytes]:
+    """`digits up` on the port the kernel picks (APP__PORT=0; `_wait_ready` says which)."""
+    env = base_env(
         APP__DATA_ROOT=str(data_root),
-        APP__PORT=str(port),
+        APP__PORT="0",
         APP__THREADS="1",
         STREAMS__SHUTDOWN_GRACE_S="5",
     )
@@ -237,14 +249,23 @@ def _start_up(
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    # `digits up` says "ready" once its own probe of /readyz got a 200
-    while "digits up: ready" not in log.read_text():
+UP_API_LINE = re.compile(r"digits up: API: http://127\.0\.0\.1:(\d+) ")
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> int:
+    """Wait until `digits up` says "ready" (its own probe of /readyz got a 200); the API's port,
+    from the `API: <url>` line it wrote before starting the API."""
+
+    def ready() -> bool:
         assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.25)
+        return "digits up: ready" in log.read_text()
+
+    wait_until(ready, timeout_s=120, what=f"`digits up` to be ready ({log})", every_s=0.25)
+    found = UP_API_LINE.findall(log.read_text())
+    assert found, log.read_text()[-3000:]
+    port = int(found[-1])
     assert _status(f"http://127.0.0.1:{port}/readyz") == 200
+    return port
 
 
 def _log_events(log: Path, event: str) -> list[dict[str, object]]:
@@ -264,17 +285,17 @@ def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(STOP_WAIT_S)
 
 
 @pytest.mark.slow
 def test_digits_up_runs_everything_and_keeps_queued_jobs(tmp_path: Path) -> None:
     data_root = write_tiny_mnist(tmp_path / "data")
-    port, log = _free_port(), tmp_path / "up.log"
+    log = tmp_path / "up.log"
     # First start without workers, so that the job below stays queued across the restart.
-    proc = _start_up(data_root, port, log, workers=0)
+    proc = _start_up(data_root, log, workers=0)
     try:
-        _wait_ready(proc, port, log)
+        port = _wait_ready(proc, log)
         redis_port = int((data_root / "redis" / "port").read_text())
         key = (data_root / "admin_key").read_text().strip()
         assert len(key) >= 32
@@ -298,9 +319,9 @@ def test_digits_up_runs_everything_and_keeps_queued_jobs(tmp_path: Path) -> None
     assert not pings(redis_port)  # and so is Redis
 
     log = tmp_path / "up2.log"
-    proc = _start_up(data_root, port, log)  # the same data root: Redis comes back from its AOF
+    proc = _start_up(data_root, log)  # the same data root: Redis comes back from its AOF
     try:
-        _wait_ready(proc, port, log)
+        _wait_ready(proc, log)
         assert int((data_root / "redis" / "port").read_text()) == redis_port
         client = redis.Redis(port=redis_port, decode_responses=True)
         assert entry in [e_id for e_id, _ in client.xrange(JOBS_STREAM) or []]
@@ -327,10 +348,7 @@ def test_digits_up_runs_everything_and_keeps_queued_jobs(tmp_path: Path) -> None
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+    wait_until(condition, timeout_s=timeout_s, what="the condition", every_s=0.2)
 
 
 def test_up_refuses_a_busy_api_port_before_starting_anything(
@@ -350,24 +368,26 @@ def test_up_refuses_a_busy_api_port_before_starting_anything(
 
 
 @pytest.mark.slow
-def test_digits_up_with_redis_url_starts_no_redis(tmp_path: Path) -> None:
+def test_digits_up_with_redis_url_starts_no_redis(
+    tmp_path: Path, hostile_environ: dict[str, str]
+) -> None:
+    """Also: the developer's shell settings (`hostile_environ`) change nothing."""
     from redis_server import running_redis
 
     with running_redis(tmp_path) as server:
-        data_root, port, log = tmp_path / "data", _free_port(), tmp_path / "up.log"
-        env = {k: v for k, v in os.environ.items() if "__" not in k}
-        env.update(
+        data_root, log = tmp_path / "data", tmp_path / "up.log"
+        env = base_env(
             REDIS_URL=server.url,
             SECURITY__API_KEY="configured-key",
             APP__DATA_ROOT=str(data_root),
-            APP__PORT=str(port),
+            APP__PORT="0",
             APP__THREADS="1",
         )
         cmd = [sys.executable, "-m", "handwriting_ai.cli", "up", "--workers", "0"]
         with log.open("ab") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
         try:
-            _wait_ready(proc, port, log)
+            port = _wait_ready(proc, log)
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/v1/models/active",
                 headers={"X-Api-Key": "configured-key"},
@@ -379,7 +399,7 @@ def test_digits_up_with_redis_url_starts_no_redis(tmp_path: Path) -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+                proc.wait(STOP_WAIT_S)
         text = log.read_text()
         assert f"Redis: {server.url} (REDIS_URL; no embedded Redis)" in text
         assert "upload key: SECURITY__API_KEY" in text

@@ -1,6 +1,7 @@
 """A burst worker drains `digits:train` the way an operator fills it (`redis-cli XADD` fields):
 a good job runs to `completed` and is uploaded over real HTTP; poison jobs are dead-lettered with
-readable reasons and the worker goes on; a request_id added twice trains once."""
+readable reasons and the worker goes on; a request_id added twice trains once. A worker process
+takes nothing from the developer's shell settings."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from worker_support import (
     entry_fields,
     event_types,
     events,
+    kill_group,
     live_api,
+    start_worker_process,
     status,
     worker_env,
     worker_settings,
@@ -103,4 +106,26 @@ async def test_burst_worker_runs_good_jobs_and_dead_letters_poison(
         assert client.xlen(EVENTS_STREAM) > 0
         assert "j_complete=2" in repr(worker)
         assert "j_failed=3" in repr(worker)
+        client.close()
+
+
+def test_a_worker_process_takes_nothing_from_the_developers_shell(
+    tmp_path: Path, data_root: Path, api: LiveApi, hostile_environ: dict[str, str]
+) -> None:
+    """`hostile_environ` in our environment (an invalid claim idle time and batch setting that
+    would stop the worker at start, a Redis and an API nowhere, one delivery, another key): a
+    worker process started by `start_worker_process` still drains a job, uploads it and exits 0."""
+    model_id = "mnist_digitnet_tiny_env"
+    with running_redis(tmp_path) as server:
+        client = redis.Redis.from_url(server.url)
+        job = {"model_id": model_id, "epochs": "1", "batch_size": "32", "request_id": "env-1"}
+        xadd(client, job)
+        process = start_worker_process(worker_env(server.url, data_root, tmp_path, api), "--burst")
+        try:
+            _, err = process.communicate(timeout=240)
+        finally:
+            kill_group(process)
+        assert process.returncode == 0, err.decode(errors="replace")[-3000:]
+        assert status(client, "env-1")["status"] == "completed", status(client, "env-1")
+        assert len(api.versions(model_id)) == 1
         client.close()

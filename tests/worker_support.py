@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import redis
 import uvicorn
 from attrs import frozen
+from litestar import Litestar
 from redis.typing import EncodableT, FieldT
 
 from handwriting_ai.api.app import create_app
@@ -32,12 +34,51 @@ API_KEY = "worker-test-key"
 TINY_MODEL_ID = "mnist_digitnet_tiny_v1"
 SyncRedis = redis.Redis
 
+# What a subprocess of a test inherits from the test's own environment: where Python, the
+# installed packages (PYTHONPATH: a mutation run points it at a scratch copy) and a temp dir are.
+# Never the developer's settings (STREAMS__*, APP__*, REDIS_URL, ...): a test sets what it means.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess of a test: `INHERITED_ENV` and `LC_*` from ours, then
+    exactly `extra`."""
+    env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith("LC_")}
+    env.update(extra)
+    return env
+
+
+SERVE_LINE = re.compile(r"digits: API listening on http://(\S+):(\d+) ")
+
+
+def serve_port(log: str) -> int | None:
+    """The port `digits serve` says it listens on (its `--port 0`: the kernel's pick): the last
+    such line of its log, None before it says."""
+    found = SERVE_LINE.findall(log)
+    return int(found[-1][1]) if found else None
+
+
+@contextmanager
+def serve_app(app: Litestar) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a thread on a port the kernel picks; yields its URL.
+
+    The socket is bound (port 0) before uvicorn starts and handed to it, so no other process can
+    take the port between choosing and listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout_s=30, what="the API to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 @frozen
@@ -56,19 +97,8 @@ def live_api(tmp_dir: Path) -> Iterator[LiveApi]:
     model_dir.mkdir(parents=True)
     write_artifact(model_dir, "tiny_seven", seed=1, prefer=7)
     settings = make_settings(model_dir, ["tiny_seven"], {"SECURITY__API_KEY": API_KEY})
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout_s=30, what="the API to start")
-    try:
-        yield LiveApi(f"http://127.0.0.1:{port}", model_dir)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_app(create_app(settings)) as url:
+        yield LiveApi(url, model_dir)
 
 
 def worker_env(
@@ -93,11 +123,11 @@ def worker_settings(env: Mapping[str, str]) -> Settings:
 
 
 def start_worker_process(env: Mapping[str, str], *args: str) -> subprocess.Popen[bytes]:
-    """`python -m handwriting_ai.worker` as its own process (so it can be SIGKILLed)."""
-    full_env = {**os.environ, **env}
+    """`python -m handwriting_ai.worker` as its own process (so it can be SIGKILLed), with
+    `base_env()` and `env`: nothing of the developer's shell settings."""
     return subprocess.Popen(
         [sys.executable, "-m", "handwriting_ai.worker", *args],
-        env=full_env,
+        env=base_env(**env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -31,6 +31,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     watch_parent_from_env()  # under `digits up`: exit at once if it is gone, however it ended
 
+    import socket
+
     import uvicorn
 
     from handwriting_ai.api.app import create_app
@@ -50,8 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     host = args.host or settings.app.host
-    port = args.port or settings.app.port
-    print(f"digits: API listening on http://{host}:{port} (OpenAPI at /schema)", file=sys.stderr)
+    port = settings.app.port if args.port is None else args.port
     config = uvicorn.Config(
         create_app(settings),
         host=host,
@@ -62,7 +63,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # this long, then are closed: an open client never holds the API past its stop.
         timeout_graceful_shutdown=API_GRACEFUL_S,
     )
-    BoundedServer(config).run()
+    # Bound before the app starts, so this line names the real port (port 0: the kernel's pick);
+    # `--fd`: the listening socket `digits up` bound for us (its `APP__PORT=0`).
+    sock = socket.socket(fileno=args.fd) if args.fd is not None else config.bind_socket()
+    bound_host, bound_port = sock.getsockname()[:2]
+    where = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(
+        f"digits: API listening on http://{where}:{bound_port} (OpenAPI at /schema)",
+        file=sys.stderr,
+    )
+    BoundedServer(config).run(sockets=[sock])
     return 0
 
 
@@ -193,12 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the HTTP API")
     s.add_argument("--host", default=None)
-    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--port", type=int, default=None, help="0: a free port (the line says which)")
+    s.add_argument("--fd", type=int, default=None, help="serve on this inherited listening socket")
     s.set_defaults(func=cmd_serve)
 
     u = sub.add_parser("up", help="run everything on this machine: Redis, the API and workers")
     u.add_argument("--host", default=None)
-    u.add_argument("--port", type=int, default=None)
+    u.add_argument(
+        "--port", type=int, default=None, help="0: a free port (the API line says which)"
+    )
     u.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     u.add_argument(
         "--redis-port", type=int, default=None, help="embedded Redis port (default: last or free)"

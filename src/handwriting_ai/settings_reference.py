@@ -21,7 +21,10 @@ MEANINGS: dict[str, str] = {
     "APP__DATA_ROOT": "data sets (`mnist/MNIST/raw`), caches, embedded Redis, default model folder",
     "APP__ARTIFACTS_ROOT": "training output before upload; empty: `<APP__DATA_ROOT>/artifacts`",
     "APP__HOST": "where the API listens",
-    "APP__PORT": "the API's port",
+    "APP__PORT": (
+        "the API's port; `0`: one the kernel picks, named in the `API:` line of `digits up`"
+        " (or `listening on` of `digits serve`)"
+    ),
     "APP__THREADS": "inference threads; 0 = one per core, at most 8",
     "APP__LOG_LEVEL": "`debug`, `info`, `warning` or `error`",
     "APP__LOG_FORMAT": "`json` (one object a line) or `console` for people",

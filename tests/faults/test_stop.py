@@ -33,8 +33,9 @@ from attrs import frozen
 
 from faults.harness import wait_for
 from helpers import png_bytes, seven, write_artifact
-from test_supervisor import _free_port, _log_events, _wait_ready
+from test_supervisor import STOP_WAIT_S, _log_events, _wait_ready
 from tiny_mnist import write_tiny_mnist
+from worker_support import base_env, serve_port
 
 IDLE_STOP_S = 10.0  # README "Operating": an idle `digits up` stops within 10 s (typically 2-4 s)
 GRACE_S = 5.0  # STREAMS__SHUTDOWN_GRACE_S here
@@ -145,17 +146,16 @@ def up_tree(data_root: Path) -> Iterator[None]:
         kill_all(data_root)
 
 
-def launch(data_root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """`_start_up` of test_supervisor (embedded Redis, APP__THREADS=1, a 5 s shutdown grace),
-    `--workers 1`, with a tiny served model: the API is ready sooner than with the shipped
-    ensemble, and each cycle's cost is mostly the worker's warm-up."""
+def launch(data_root: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`_start_up` of test_supervisor (embedded Redis, APP__THREADS=1, a 5 s shutdown grace, the
+    API on a port the kernel picks), `--workers 1`, with a tiny served model: the API is ready
+    sooner than with the shipped ensemble, and each cycle's cost is mostly the worker's warm-up."""
     model_dir = data_root / "models"
     if not (model_dir / SERVED_MODEL).exists():
         write_artifact(model_dir, SERVED_MODEL, seed=1, prefer=7)
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and "__" not in k}
-    env.update(
+    env = base_env(
         APP__DATA_ROOT=str(data_root),
-        APP__PORT=str(port),
+        APP__PORT="0",
         APP__THREADS="1",
         APP__LOG_FORMAT="json",
         APP__LOG_LEVEL="info",
@@ -168,17 +168,18 @@ def launch(data_root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
 
 
-def start(data_root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """`digits up --workers 1`, waited for until the API is ready and the worker reads."""
-    proc = launch(data_root, port, log)
-    _wait_ready(proc, port, log)
+def start(data_root: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`digits up --workers 1`, waited for until the API is ready and the worker reads; the
+    process and the API's port."""
+    proc = launch(data_root, log)
+    port = _wait_ready(proc, log)
 
     def worker_reading() -> bool:
         assert proc.poll() is None, log.read_text()[-3000:]
         return bool(_log_events(log, "worker_started"))
 
     wait_for(worker_reading, timeout_s=120, what="the worker to start reading")
-    return proc
+    return proc, port
 
 
 def stop_within(
@@ -193,7 +194,7 @@ def stop_within(
     except subprocess.TimeoutExpired:
         left = processes_of(marker)
         proc.kill()
-        proc.wait()
+        proc.wait(STOP_WAIT_S)
         gone_s, after = wait_gone(marker, KILLED_GONE_S)
         raise AssertionError(
             f"`digits up` had not exited {bound_s:.0f} s after {sig.name}; its tree then:\n"
@@ -266,22 +267,39 @@ def marked_root(tmp_path: Path) -> Path:
 
 # --------------------------------------------------------------------------- the mechanisms, fast
 
-IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-# A child that ignores SIGTERM and starts a grandchild (in its process group) that ignores it too.
-STUBBORN_PARENT = (
-    IGNORES_SIGTERM + "import subprocess, sys; "
-    "subprocess.Popen([sys.executable, '-c', "
-    f"{IGNORES_SIGTERM + 'time.sleep(120)'!r}]); time.sleep(120)"
-)
+
+def ignores_sigterm(ready: Path) -> str:
+    """Code that ignores SIGTERM, then creates `ready` (what the test waits for)."""
+    return (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"open({str(ready)!r}, 'w').close(); "
+    )
+
+
+def stubborn_parent(ready_dir: Path) -> str:
+    """A child that ignores SIGTERM and starts a grandchild (in its process group) that ignores
+    it too; each creates a file in `ready_dir` once it ignores SIGTERM (`stubborn_ready`)."""
+    grandchild = ignores_sigterm(ready_dir / "grandchild") + "time.sleep(120)"
+    return (
+        ignores_sigterm(ready_dir / "child") + "import subprocess, sys; "
+        f"subprocess.Popen([sys.executable, '-c', {grandchild!r}]); time.sleep(120)"
+    )
+
+
+def stubborn_ready(ready_dir: Path) -> bool:
+    return (ready_dir / "child").exists() and (ready_dir / "grandchild").exists()
 
 
 def supervisor_script(tmp_path: Path, child_code: str, *, guard: bool) -> Path:
-    """A supervisor process (the one `digits up` runs) with one child running `child_code`."""
+    """A supervisor process (the one `digits up` runs) with one child running `child_code`; it
+    logs (JSON on stderr) as `digits up` does."""
     script = tmp_path / "sup.py"
     script.write_text(
         "import os, sys\n"
+        "from handwriting_ai.logging import configure_logging\n"
         "from handwriting_ai.supervisor import ChildSpec, Supervisor\n"
         "from handwriting_ai.supervisor.supervisor import GroupGuard\n"
+        "configure_logging('info', 'json')\n"
         f"guard = GroupGuard() if {guard!r} else None\n"
         "if guard is not None:\n"
         "    guard.start()\n"
@@ -296,24 +314,26 @@ def supervisor_script(tmp_path: Path, child_code: str, *, guard: bool) -> Path:
     return script
 
 
-def run_marked(argv: list[str], marker: str) -> subprocess.Popen[bytes]:
+def run_marked(argv: list[str], marker: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """`argv` with `base_env()` and the `NAME=value` marker; its stderr in `log` (or nowhere)."""
     name, _, value = marker.partition("=")
-    env = {**os.environ, name: value}
-    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = base_env(**{name: value})
+    with open(log or os.devnull, "ab") as err:
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stderr=err)
 
 
 def test_a_killed_supervisor_leaves_not_even_grandchildren(tmp_path: Path) -> None:
     """SIGKILL of the supervisor: its child gets SIGKILL from Linux (parent-death signal) and the
     group guard kills the child's process group, here a grandchild that ignores SIGTERM."""
     marker = f"STOP_TEST_MARKER={uuid.uuid4().hex}"
-    script = supervisor_script(tmp_path, STUBBORN_PARENT, guard=True)
+    script = supervisor_script(tmp_path, stubborn_parent(tmp_path), guard=True)
     proc = run_marked([sys.executable, str(script)], marker)
     try:
-        # the supervisor, its guard, the child and the grandchild
+        # the supervisor, its guard, the child and the grandchild, both ignoring SIGTERM
         wait_for(lambda: len(processes_with(marker, marker)) == 4, timeout_s=60, what="4 procs")
-        time.sleep(0.3)
+        wait_for(lambda: stubborn_ready(tmp_path), timeout_s=60, what="SIGTERM ignored")
         proc.kill()
-        proc.wait()
+        proc.wait(STOP_WAIT_S)
         gone_s, left = wait_gone(marker, 3.0)
         assert not left, f"left after SIGKILL of the supervisor:\n{tree_text(left)}"
     finally:
@@ -328,13 +348,15 @@ def test_a_second_stop_signal_kills_at_once(tmp_path: Path) -> None:
     """SIGTERM, then SIGINT: the supervisor does not wait for a child that ignores SIGTERM (its
     stop timeout is 60 s here); the child's whole process group is killed."""
     marker = f"STOP_TEST_MARKER={uuid.uuid4().hex}"
-    script = supervisor_script(tmp_path, STUBBORN_PARENT, guard=True)
-    proc = run_marked([sys.executable, str(script)], marker)
+    script = supervisor_script(tmp_path, stubborn_parent(tmp_path), guard=True)
+    log = tmp_path / "sup.log"
+    proc = run_marked([sys.executable, str(script)], marker, log)
     try:
         wait_for(lambda: len(processes_with(marker, marker)) == 4, timeout_s=60, what="4 procs")
-        time.sleep(0.3)
+        wait_for(lambda: stubborn_ready(tmp_path), timeout_s=60, what="SIGTERM ignored")
         proc.send_signal(signal.SIGTERM)
-        time.sleep(1.0)
+        # It has passed SIGTERM on to the child (which ignores it) and waits for it to stop.
+        wait_for(lambda: '"child_stopping"' in log.read_text(), timeout_s=30, what="SIGTERM sent")
         assert proc.poll() is None  # still waiting for the stubborn child
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -344,6 +366,7 @@ def test_a_second_stop_signal_kills_at_once(tmp_path: Path) -> None:
         assert not left, tree_text(left)
     finally:
         proc.kill()
+        proc.wait(STOP_WAIT_S)
         for left_over in processes_with(marker, marker):
             with suppress(ProcessLookupError):
                 os.kill(left_over.pid, signal.SIGKILL)
@@ -353,22 +376,29 @@ def test_a_second_stop_signal_kills_at_once(tmp_path: Path) -> None:
 def test_digits_serve_exits_when_its_parent_is_gone(tmp_path: Path) -> None:
     """`digits serve` started with HANDWRITING_AI_PARENT_PID by a parent that no parent-death
     signal covers: once the parent is SIGKILLed, the watch ends the API within a second or so
-    (even while it is still importing and loading its models)."""
+    (here while it loads its models: it has said which port it bound, which it does after
+    starting the watch and before it loads them)."""
     marker = f"STOP_TEST_MARKER={uuid.uuid4().hex}"
+    log = tmp_path / "serve.log"
     code = (
         "import os, subprocess, sys, time\n"
         "env = {**os.environ, 'HANDWRITING_AI_PARENT_PID': str(os.getpid()),"
-        f" 'APP__DATA_ROOT': {str(tmp_path)!r}}}\n"
-        "subprocess.Popen([sys.executable, '-m', 'handwriting_ai.cli', 'serve', '--port',"
-        f" '{_free_port()}'], env=env, stderr=subprocess.DEVNULL)\n"
+        f" 'APP__DATA_ROOT': {str(tmp_path)!r},"
+        f" 'DIGITS__MODEL_DIR': {str(tmp_path / 'models')!r}}}\n"
+        "subprocess.Popen([sys.executable, '-m', 'handwriting_ai.cli', 'serve', '--port', '0'],"
+        f" env=env, stderr=open({str(log)!r}, 'ab'))\n"
         "time.sleep(300)\n"
     )
     proc = run_marked([sys.executable, "-c", code], marker)
     try:
         wait_for(lambda: len(processes_with(marker, marker)) == 2, timeout_s=60, what="serve")
-        time.sleep(1.0)
+        wait_for(
+            lambda: log.exists() and serve_port(log.read_text()) is not None,
+            timeout_s=120,
+            what="serve to bind its port",
+        )
         proc.kill()
-        proc.wait()
+        proc.wait(STOP_WAIT_S)
         gone_s, left = wait_gone(marker, 5.0)
         assert not left, f"`digits serve` outlived its parent:\n{tree_text(left)}"
     finally:
@@ -385,12 +415,11 @@ def test_digits_serve_exits_when_its_parent_is_gone(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # 20 full start-ups: minutes on a loaded 2-core machine
 def test_idle_digits_up_stops_on_sigterm_every_time(tmp_path: Path, marked_root: Path) -> None:
-    port = _free_port()
     took: list[float] = []
     with up_tree(marked_root):
         for cycle in range(1, IDLE_CYCLES + 1):
             log = tmp_path / f"up-{cycle}.log"
-            proc = start(marked_root, port, log)
+            proc, _ = start(marked_root, log)
             try:
                 took.append(stop_within(proc, signal.SIGTERM, IDLE_STOP_S, marked_root, log))
             except AssertionError as exc:
@@ -402,17 +431,18 @@ def test_idle_digits_up_stops_on_sigterm_every_time(tmp_path: Path, marked_root:
 def test_sigterm_with_a_job_running_stops_within_the_grace(
     tmp_path: Path, marked_root: Path
 ) -> None:
-    port, log = _free_port(), tmp_path / "up.log"
+    log = tmp_path / "up.log"
     with up_tree(marked_root):
-        proc = start(marked_root, port, log)
+        proc, port = start(marked_root, log)
         start_long_job(marked_root, "stop-long-1")
         # An SSE client follows the job during the stop: an event stream never ends by itself.
-        sse_closed = threading.Event()
+        sse_open, sse_closed = threading.Event(), threading.Event()
 
         def follow() -> None:
             url = f"http://127.0.0.1:{port}/v1/train/stop-long-1/events"
             try:
                 with httpx.stream("GET", url, timeout=httpx.Timeout(5, read=60)) as response:
+                    sse_open.set()
                     for _ in response.iter_lines():
                         pass
             except httpx.HTTPError:
@@ -421,7 +451,7 @@ def test_sigterm_with_a_job_running_stops_within_the_grace(
 
         follower = threading.Thread(target=follow, daemon=True)
         follower.start()
-        time.sleep(0.5)
+        assert sse_open.wait(30), "the event stream did not open"
         took = stop_within(proc, signal.SIGTERM, GRACE_S + JOB_STOP_MARGIN_S, marked_root, log)
         assert sse_closed.wait(5), "the event stream stayed open after the API stopped"
     print(f"SIGTERM with a job running: stopped in {took:.2f} s (grace {GRACE_S} s)")
@@ -429,16 +459,16 @@ def test_sigterm_with_a_job_running_stops_within_the_grace(
 
 @pytest.mark.slow
 def test_sigkill_of_digits_up_leaves_nothing(tmp_path: Path, marked_root: Path) -> None:
-    port, log = _free_port(), tmp_path / "up.log"
+    log = tmp_path / "up.log"
     with up_tree(marked_root):
-        proc = start(marked_root, port, log)
+        proc, _ = start(marked_root, log)
         start_long_job(marked_root, "stop-killed-1")
         before = processes_of(marked_root)
         # Redis, the API, the worker, its training subprocess(es) and the group guard
         assert len(before) >= 5, tree_text(before)
         assert any("redis-server" in p.cmdline for p in before), tree_text(before)
         proc.kill()
-        proc.wait()
+        proc.wait(STOP_WAIT_S)
         gone_s, left = wait_gone(marked_root, KILLED_GONE_S)
         assert not left, (
             f"{KILLED_GONE_S} s after SIGKILL of `digits up`, still there:\n{tree_text(left)}\n"
@@ -447,9 +477,9 @@ def test_sigkill_of_digits_up_leaves_nothing(tmp_path: Path, marked_root: Path) 
     print(f"SIGKILL: all {len(before)} processes gone in {gone_s:.2f} s")
 
 
-def stop_while_reading(marked_root: Path, port: int, log: Path, image: bytes) -> float:
+def stop_while_reading(marked_root: Path, log: Path, image: bytes) -> float:
     """Start, let `READERS` clients read on keep-alive connections, SIGTERM while they read."""
-    proc = start(marked_root, port, log)
+    proc, port = start(marked_root, log)
     stop = threading.Event()
     answered = [0] * READERS
     url = f"http://127.0.0.1:{port}/v1/read"
@@ -471,11 +501,10 @@ def stop_while_reading(marked_root: Path, port: int, log: Path, image: bytes) ->
 
 @pytest.mark.slow
 def test_readers_during_the_stop_do_not_hold_it(tmp_path: Path, marked_root: Path) -> None:
-    port = _free_port()
     image = png_bytes(seven(64))
     with up_tree(marked_root):
         took = [
-            stop_while_reading(marked_root, port, tmp_path / f"up-{cycle}.log", image)
+            stop_while_reading(marked_root, tmp_path / f"up-{cycle}.log", image)
             for cycle in range(1, READ_CYCLES + 1)
         ]
     print(f"SIGTERM with {READERS} readers: stopped in {[round(t, 2) for t in took]} s")

@@ -62,6 +62,7 @@ class ChildSpec:
     env: Mapping[str, str] = field(factory=dict)
     stop_wave: int = 0  # on shutdown, higher waves stop (and finish) first
     stop_timeout_s: float | None = None  # SIGTERM to SIGKILL; None: the supervisor's
+    pass_fds: tuple[int, ...] = ()  # inherited descriptors (the API's listening socket)
 
 
 @define
@@ -82,13 +83,16 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str], env: Mapping[str, str], pass_fds: Sequence[int] = ()
+) -> subprocess.Popen[bytes]:
     """Start `argv` in its own session (so its process group is its pid); its output goes where
     ours goes. It learns our pid (`HANDWRITING_AI_PARENT_PID`) and gets SIGKILL if we die."""
     return subprocess.Popen(
         list(argv),
         env={**env, PARENT_PID_ENV: str(os.getpid())},
         stdin=subprocess.DEVNULL,
+        pass_fds=tuple(pass_fds),
         start_new_session=True,
         # The supervisor forks from its main thread only (the death signal follows the thread).
         preexec_fn=functools.partial(die_with_parent, signal.SIGKILL, os.getpid()),
@@ -201,7 +205,7 @@ class Supervisor:
         raise KeyError(name)
 
     def _start(self, child: Child) -> None:
-        child.process = spawn(child.spec.argv, child.spec.env)
+        child.process = spawn(child.spec.argv, child.spec.env, child.spec.pass_fds)
         if self.guard is not None:
             self.guard.add(child.process.pid)
         child.started_at = self.clock()

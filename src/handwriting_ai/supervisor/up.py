@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 import urllib.error
@@ -109,12 +110,17 @@ def child_environment(
     return env
 
 
-def child_specs(env: Mapping[str, str], *, host: str, port: int, workers: int) -> list[ChildSpec]:
+def child_specs(
+    env: Mapping[str, str], *, host: str, port: int, workers: int, api_fd: int | None = None
+) -> list[ChildSpec]:
+    """The API (on `host:port`, or on the listening socket `api_fd` when given), then workers."""
+    where = ("--host", host, "--port", str(port)) if api_fd is None else ("--fd", str(api_fd))
     api = ChildSpec(
         "api",
-        (sys.executable, "-m", "handwriting_ai.cli", "serve", "--host", host, "--port", str(port)),
+        (sys.executable, "-m", "handwriting_ai.cli", "serve", *where),
         env,
         stop_timeout_s=API_STOP_TIMEOUT_S,
+        pass_fds=() if api_fd is None else (api_fd,),
     )
     worker_argv = (sys.executable, "-m", "handwriting_ai.worker")
     # Workers stop first: a job that finishes within the grace period still uploads to the API.
@@ -220,6 +226,15 @@ class StopRequests:
             signal.signal(sig, handler)
 
 
+def bind_any_port(host: str) -> socket.socket:
+    """A socket bound to `host` and a port the kernel picks (`APP__PORT=0`), for the API to listen
+    on: until it does, connections are refused, as with a port it binds itself."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
+
+
 def up(
     settings: Settings,
     *,
@@ -229,13 +244,19 @@ def up(
     redis_port: int | None = None,
     config: Path | None = None,
 ) -> int:
-    """Run Redis (unless `REDIS_URL`), the API and `workers` workers until Ctrl-C / SIGTERM."""
+    """Run Redis (unless `REDIS_URL`), the API and `workers` workers until Ctrl-C / SIGTERM.
+    Port 0: the kernel picks the API's port; `digits up` binds it, says which (`API: <url>`) and
+    hands the socket to the API (`serve --fd`), which keeps it across restarts."""
     if workers < 0:
         _say("--workers must be 0 or more")
         return 2
     host = host or settings.app.host
-    port = port or settings.app.port
-    if not port_is_free(port, host):
+    port = settings.app.port if port is None else port
+    listener: socket.socket | None = None
+    if port == 0:
+        listener = bind_any_port(host)
+        port = int(listener.getsockname()[1])
+    elif not port_is_free(port, host):
         _say(f"cannot listen on {host}:{port}: the address is in use (set APP__PORT or --port)")
         return 2
     stops = StopRequests()
@@ -243,10 +264,13 @@ def up(
     guard = GroupGuard()  # SIGKILLs every child's process group if we are killed
     try:
         guard.start()
-        return _up(settings, guard, stops, workers, host, port, redis_port, config)
+        api_fd = None if listener is None else listener.fileno()
+        return _up(settings, guard, stops, workers, host, port, api_fd, redis_port, config)
     finally:
         stops.restore()
         guard.close()
+        if listener is not None:
+            listener.close()
 
 
 def _up(
@@ -256,6 +280,7 @@ def _up(
     workers: int,
     host: str,
     port: int,
+    api_fd: int | None,
     redis_port: int | None,
     config: Path | None,
 ) -> int:
@@ -280,7 +305,7 @@ def _up(
             os.environ, redis_url=redis_url, api_url=api_url, upload_key=upload_key, config=config
         )
         supervisor = Supervisor(
-            child_specs(env, host=host, port=port, workers=workers),
+            child_specs(env, host=host, port=port, workers=workers, api_fd=api_fd),
             stop_timeout_s=settings.streams.shutdown_grace_s + STOP_MARGIN_S,
             guard=guard,
         )
