@@ -4,22 +4,25 @@ trained by a worker, uploaded to the API, and the API's reload consumer serves t
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import redis
-import uvicorn
+import torch
+from torch import nn
 
 from handwriting_ai.api.app import create_app
 from handwriting_ai.contracts.events import TrainCompleted
 from handwriting_ai.streams.keys import JOBS_STREAM
+from handwriting_ai.training.config import TrainConfig
+from handwriting_ai.training.dataset import preprocessed_mnist, split_train_val
+from handwriting_ai.training.loop import accuracy, predict_logits
 from handwriting_ai.worker import serve_worker
-from helpers import make_settings, png_bytes, seven, write_artifact
+from helpers import make_settings, png_bytes, seven, state_of, tiny_module, write_artifact
 from redis_server import running_redis
 from tiny_mnist import write_tiny_mnist
 from worker_support import (
@@ -27,6 +30,7 @@ from worker_support import (
     TINY_MODEL_ID,
     LiveApi,
     events,
+    serve_app,
     status,
     wait_until,
     worker_env,
@@ -39,25 +43,20 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "streams" / "schemas"
 
 @contextmanager
 def api_with_reload(model_dir: Path, redis_url: str) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    """The API as deployed: uploads keyed, reloads on events, the default promotion gate."""
     settings = make_settings(
-        model_dir,
-        [TINY_MODEL_ID],
-        {"SECURITY__API_KEY": API_KEY, "REDIS_URL": redis_url, "DIGITS__PROMOTION_TOLERANCE": "1"},
+        model_dir, [TINY_MODEL_ID], {"SECURITY__API_KEY": API_KEY, "REDIS_URL": redis_url}
     )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout_s=30, what="the API to start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_app(create_app(settings)) as url:
+        yield url
+
+
+def val_acc_of(module: nn.Module, data_root: Path) -> float:
+    """Accuracy on the validation split every training run holds out (what the gate compares)."""
+    pixels, labels = preprocessed_mnist(data_root, "train")
+    _, val = split_train_val(len(labels), TrainConfig(model_id=TINY_MODEL_ID).val_size)
+    y = torch.from_numpy(labels[val].astype(np.int64))
+    return accuracy(predict_logits(module, torch.from_numpy(pixels[val])), y)
 
 
 def served_version(url: str) -> str:
@@ -69,15 +68,32 @@ def served_version(url: str) -> str:
 async def test_xadd_job_runs_to_completed_and_the_api_serves_the_new_version(
     tmp_path: Path,
 ) -> None:
-    data_root = write_tiny_mnist(tmp_path / "data")
+    # 960 training images, 2 epochs: enough to learn them (see test_learning.py).
+    data_root = write_tiny_mnist(tmp_path / "data", train=1200, test=200)
     model_dir = tmp_path / "api-models"
-    write_artifact(model_dir, TINY_MODEL_ID, seed=1, prefer=3, version="20250101T000000Z")
+    # The version served first is untrained; its manifest records the accuracy it really has,
+    # so the trained version is promoted by the default gate on its merit.
+    # (Measured on a copy of the data: the worker still preprocesses its data root itself.)
+    untrained = tiny_module(seed=1, prefer=3)
+    before = val_acc_of(untrained, write_tiny_mnist(tmp_path / "copy", train=1200, test=200))
+    assert before < 0.3
+
+    def measured(data: dict[str, object]) -> None:
+        data["val_acc"] = round(before, 6)
+
+    write_artifact(
+        model_dir,
+        TINY_MODEL_ID,
+        state=state_of(untrained),
+        version="20250101T000000Z",
+        edit=measured,
+    )
     with running_redis(tmp_path) as server, api_with_reload(model_dir, server.url) as url:
         assert served_version(url) == "20250101T000000Z"
         client = redis.Redis.from_url(server.url)
         client.xadd(
             JOBS_STREAM,
-            {"model_id": TINY_MODEL_ID, "epochs": "1", "batch_size": "32", "request_id": "e2e"},
+            {"model_id": TINY_MODEL_ID, "epochs": "2", "batch_size": "32", "request_id": "e2e"},
         )
         env = worker_env(server.url, data_root, tmp_path, LiveApi(url, model_dir))
         await serve_worker(worker_settings(env), burst=True, install_signals=False)
@@ -97,3 +113,4 @@ async def test_xadd_job_runs_to_completed_and_the_api_serves_the_new_version(
             (model_dir / TINY_MODEL_ID / done.version / "manifest.json").read_text()
         )
         assert manifest["run_id"] == done.run_id
+        assert manifest["val_acc"] > before + 0.4, (manifest["val_acc"], before)

@@ -203,3 +203,24 @@ async def test_commit_is_fenced_and_atomic(tmp_path: Path, which: str) -> None:
         assert again is Committed.ALREADY_ENDED
         assert await redis.xlen(DEAD_STREAM) == 1
         await redis.aclose()
+
+
+@pytest.mark.parametrize("which", ["default", "system"])
+async def test_undelivered_entries_are_seen_so_a_burst_worker_does_not_stop(
+    tmp_path: Path, which: str
+) -> None:
+    binary = BINARIES[which]
+    if binary is None:
+        pytest.skip("no system redis-server")
+    with running_redis(tmp_path, binary=binary) as server:
+        redis = Redis.from_url(server.url, decode_responses=True)
+        await group.ensure_group(redis)
+        assert not await group.has_undelivered(redis)
+        await redis.xadd(JOBS_STREAM, {"model_id": "a"})
+        await redis.xadd(JOBS_STREAM, {"model_id": "b"})
+        assert await group.has_undelivered(redis)
+        await group.read_new(redis, "w1", count=1, block_ms=1)
+        assert await group.has_undelivered(redis)  # one handed out, one still new
+        await group.read_new(redis, "w1", count=1, block_ms=1)
+        assert not await group.has_undelivered(redis)  # pending is not "new"
+        await redis.aclose()

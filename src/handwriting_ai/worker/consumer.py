@@ -303,8 +303,11 @@ class Worker:
         return running.result()
 
     async def _drained(self) -> bool:
-        """Burst mode ends when nothing runs, nothing is new and no retry is waiting."""
-        return not self.tasks and await ledger.pending_retries(self.redis) == 0
+        """Burst mode ends when nothing runs, no retry is waiting and nothing is new. The stream
+        is asked last: a retry moved onto it after our empty read is then still seen."""
+        if self.tasks or await ledger.pending_retries(self.redis) > 0:
+            return False
+        return not await group.has_undelivered(self.redis)
 
     async def _own_pending(self) -> Entry | None:
         own = await group.read_own_pending(self.redis, self.consumer, count=100)

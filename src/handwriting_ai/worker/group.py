@@ -26,7 +26,7 @@ from handwriting_ai.streams.keys import (
     worker_health_key,
     worker_lease_key,
 )
-from handwriting_ai.worker.delivery import trim_point
+from handwriting_ai.worker.delivery import parse_id, trim_point
 
 Entry = tuple[str, dict[str, str]]
 
@@ -214,14 +214,28 @@ async def claim(
     return _s(reply[0]), dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+async def _last_delivered(redis: Redis) -> str | None:
+    groups: object = await redis.xinfo_groups(JOBS_STREAM)
+    for group in groups if isinstance(groups, list) else []:
+        if isinstance(group, dict) and _s(group.get("name")) == JOBS_GROUP:
+            return _s(group.get("last-delivered-id"))
+    return None
+
+
+async def has_undelivered(redis: Redis) -> bool:
+    """Whether the stream holds an entry the group was never handed (newer than the group's
+    last-delivered id): a burst worker must not stop while one is there."""
+    newest: object = await redis.xrevrange(JOBS_STREAM, count=1)
+    if not isinstance(newest, list) or not newest:
+        return False
+    last = await _last_delivered(redis)
+    return last is None or parse_id(_s(newest[0][0])) > parse_id(last)
+
+
 async def trim(redis: Redis) -> str | None:
     """XTRIM MINID to the older of the oldest pending entry and the last delivered one: no
     pending or not yet delivered entry is ever dropped."""
-    groups: object = await redis.xinfo_groups(JOBS_STREAM)
-    last_delivered: str | None = None
-    for group in groups if isinstance(groups, list) else []:
-        if isinstance(group, dict) and _s(group.get("name")) == JOBS_GROUP:
-            last_delivered = _s(group.get("last-delivered-id"))
+    last_delivered = await _last_delivered(redis)
     summary: object = await redis.xpending(JOBS_STREAM, JOBS_GROUP)
     oldest: str | None = None
     if isinstance(summary, Mapping) and summary.get("pending"):

@@ -282,8 +282,10 @@ class JobRun:
         )
 
     async def train(self, job: TrainJob, slot: Slot, deadline: float) -> ChildDone | ChildError:
-        """The child's outcome. The deadline bounds each wait for the child's next message; on
-        any exit without an outcome (timeout, cancellation, error) the child is killed."""
+        """The child's outcome. The deadline bounds each wait for the child's next message. A
+        child that reported its outcome (done, failed, cancelled) is idle and takes the next job;
+        on any exit without one (timeout, a stop, a lost pipe) it is killed, so no orphan run
+        is left in the slot."""
         relay = ProgressRelay(
             self.redis,
             self.parts.publisher,
@@ -293,6 +295,7 @@ class JobRun:
         loop = asyncio.get_running_loop()
         messages = slot.run(self._child_job(job))
         outcome: ChildDone | ChildError | None = None
+        reported: ChildDone | ChildError | None = None  # said by the child itself
         try:
             while outcome is None:
                 left = deadline - loop.time()
@@ -300,7 +303,7 @@ class JobRun:
                     raise TimeoutError
                 message = await asyncio.wait_for(anext(messages), left)
                 if isinstance(message, ChildDone | ChildError):
-                    outcome = message
+                    outcome = reported = message
                 elif isinstance(message, ChildGone):
                     outcome = ChildError(
                         "system", f"training process ended (exit code {message.exitcode})"
@@ -315,7 +318,7 @@ class JobRun:
             )
         finally:
             await messages.aclose()
-            if outcome is None or isinstance(outcome, ChildError):
+            if reported is None:
                 slot.kill()  # no orphan run: the slot is replaced before its next job
         if isinstance(outcome, ChildDone):
             await relay.artifact(outcome.run_id, outcome.directory)
