@@ -110,6 +110,55 @@ MUTANTS: tuple[Mutant, ...] = (
         "bars = [acc for acc in",
         "tests/test_promotion_gate.py",
     ),
+    # ------------------------------------------------------------------ training and models
+    m(
+        "temperature_never_fitted",
+        "training",
+        S + "training/run.py",
+        "temperature = fit_temperature(val_logits, y_val)",
+        "temperature = 1.0",
+        "tests/test_learning.py",
+    ),
+    m(
+        "temperature_search_goes_uphill",
+        "training",
+        S + "training/calibrate.py",
+        "if fa < fb:",
+        "if fa > fb:",
+        "tests/test_learning.py",
+    ),
+    m(
+        "augmentation_never_applied",
+        "training",
+        S + "training/loop.py",
+        "x = augment_batch(pixels[idx].unsqueeze(1).float().div_(255.0), aug, gen)",
+        "x = pixels[idx].unsqueeze(1).float().div_(255.0)",
+        "tests/test_learning.py",
+    ),
+    m(
+        "resnet_stem_expects_rgb",
+        "models",
+        S + "models/resnet.py",
+        "nn.Conv2d(1, 64,",
+        "nn.Conv2d(3, 64,",
+        "tests/test_architectures.py",
+    ),
+    m(
+        "batchnorm_dropped_when_fusing",
+        "models",
+        S + "inference/engine.py",
+        "fused.append(fuse_conv_bn_eval(conv, nxt))",
+        "fused.append(conv)",
+        "tests/test_architectures.py",
+    ),
+    m(
+        "best_ever_bar_forgotten",
+        "gate",
+        S + "inference/promotion.py",
+        "for acc in (active_val_acc, best_val_acc)",
+        "for acc in (active_val_acc,)",
+        "tests/test_promotion_gate.py",
+    ),
     # ------------------------------------------------------------------ preprocessing and decode
     m(
         "invert_flag_ignored",
@@ -337,6 +386,84 @@ MUTANTS: tuple[Mutant, ...] = (
         """    ]
     return Transition("retried", tuple(commands), (event,))""",
         "tests/test_lifecycle.py",
+    ),
+    m(
+        "sse_buffers_until_the_end",
+        "streams",
+        S + "api/events_sse.py",
+        "async for entry in follow_job(redis, request_id, after_id=after_id, block_ms=block_ms):",
+        "for entry in [\n"
+        "            e\n"
+        "            async for e in follow_job(\n"
+        "                redis, request_id, after_id=after_id, block_ms=block_ms\n"
+        "            )\n"
+        "        ]:",
+        "tests/test_sse_live.py",
+    ),
+    m(
+        "events_disabled_ignored",
+        "streams",
+        S + "streams/publisher.py",
+        "if isinstance(event, _PROGRESS) and not self.enabled:",
+        "if isinstance(event, _PROGRESS) and False:",
+        "tests/test_worker_promises.py",
+    ),
+    m(
+        "events_stream_never_trimmed",
+        "streams",
+        S + "worker/lifecycle.py",
+        '("XADD", EVENTS_STREAM, "MAXLEN", "~", str(limits.events_maxlen), "*", *flat),',
+        '("XADD", EVENTS_STREAM, "*", *flat),',
+        "tests/test_lifecycle.py",
+        "tests/test_worker_promises.py",
+    ),
+    m(
+        "retry_delay_ignored",
+        "streams",
+        S + "worker/job.py",
+        "due_s = time.time() + decision.delay_s",
+        "due_s = time.time()",
+        "tests/test_worker_promises.py",
+    ),
+    m(
+        "completed_entry_not_acked",
+        "streams",
+        S + "worker/lifecycle.py",
+        "commands = [*_events(events, limits), *_end(ref, status, limits.result_ttl_s, now)]",
+        "commands = [*_events(events, limits), *_end(ref, status, limits.result_ttl_s, now)[:-1]]",
+        "tests/test_lifecycle.py",
+    ),
+    m(
+        "final_job_started_again",
+        "streams",
+        S + "worker/job.py",
+        "if status is not None and status.final:",
+        "if status is not None and status.final and False:",
+        "tests/test_worker_promises.py",
+    ),
+    m(
+        "poison_cap_off_by_one",
+        "streams",
+        S + "worker/delivery.py",
+        "return max_crashes > 0 and crashes >= max_crashes",
+        "return max_crashes > 0 and crashes > max_crashes",
+        "tests/test_worker_policies.py",
+    ),
+    m(
+        "request_id_dedupe_disabled",
+        "streams",
+        S + "streams/enqueue.py",
+        "if redis.call('EXISTS', KEYS[1]) == 1 then",
+        "if redis.call('EXISTS', KEYS[1]) == 2 then",
+        "tests/test_api_train.py",
+    ),
+    m(
+        "burst_worker_blind_to_new_entries",
+        "streams",
+        S + "worker/group.py",
+        "return last is None or parse_id(_s(newest[0][0])) > parse_id(last)",
+        "return False",
+        "tests/test_worker_policies.py",
     ),
     # ------------------------------------------------------------------ settings
     m(
