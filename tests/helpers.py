@@ -7,6 +7,7 @@ the ASGI app. Nothing is mocked.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -26,7 +27,7 @@ from litestar.testing import TestClient
 from PIL import Image
 from torch import nn
 
-from handwriting_ai.api.schemas import ErrorBody
+from handwriting_ai.api.schemas import ErrorBody, ReadResponse
 from handwriting_ai.contracts.converter import structure
 from handwriting_ai.inference.manifest import SCHEMA_VERSION, Manifest, manifest_json
 from handwriting_ai.inference.store import (
@@ -245,6 +246,23 @@ def post_read(
         data=dict(fields or {}),
         headers=dict(headers or {}),
     )
+
+
+def read_ok(client: Client, data: bytes, **fields: str) -> ReadResponse:
+    """A read that must succeed, as the typed response body."""
+    response = post_read(client, data, fields=fields)
+    assert response.status_code == 200, response.text
+    return structure(json_of(response), ReadResponse)
+
+
+def visual_pixels(reading: ReadResponse) -> U8:
+    """The returned visual: a 28x28 grayscale PNG, as pixels."""
+    assert reading.visual_png_b64 is not None
+    image = Image.open(io.BytesIO(base64.b64decode(reading.visual_png_b64)))
+    assert image.format == "PNG"
+    assert image.mode == "L"
+    pixels: U8 = np.asarray(image, dtype=np.uint8)
+    return pixels
 
 
 def json_of(response: httpx.Response) -> object:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import random
 import re
 from pathlib import Path
@@ -11,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import structlog
-from PIL import Image
 from structlog.testing import capture_logs
 
 from conftest import Serve
 from handwriting_ai.api.schemas import ErrorBody, ReadResponse
 from handwriting_ai.contracts.converter import structure
 from helpers import (
-    U8,
     Artifact,
     Client,
     assert_error,
@@ -30,22 +26,12 @@ from helpers import (
     png_bytes,
     png_claiming,
     post_read,
+    read_ok,
     seven,
+    visual_pixels,
 )
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
-
-
-def read_ok(client: Client, data: bytes, **fields: str) -> ReadResponse:
-    response = post_read(client, data, fields=fields)
-    assert response.status_code == 200, response.text
-    return structure(json_of(response), ReadResponse)
-
-
-def visual(reading: ReadResponse) -> U8:
-    assert reading.visual_png_b64 is not None
-    image = Image.open(io.BytesIO(base64.b64decode(reading.visual_png_b64)))
-    return np.asarray(image, dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- answers
@@ -71,7 +57,7 @@ def test_reads_a_jpeg_and_visualizes_the_model_input(client: Client) -> None:
         fields={"visualize": "true"},
     )
     assert response.status_code == 200, response.text
-    pixels = visual(structure(json_of(response), ReadResponse))
+    pixels = visual_pixels(structure(json_of(response), ReadResponse))
     assert pixels.shape == (28, 28)
     assert pixels.max() == 255
     assert pixels[0].max() == 0  # MNIST-style: ink bright on black, a clear border
@@ -81,9 +67,9 @@ def test_exif_rotated_jpeg_is_read_upright(client: Client) -> None:
     upright = seven()
     stored = np.ascontiguousarray(np.rot90(upright, k=1))  # pixels turned 90° counter-clockwise
     fields = {"visualize": "true"}
-    expected = visual(read_ok(client, jpeg_bytes(upright), **fields)).astype(np.float32)
-    tagged = visual(read_ok(client, jpeg_bytes(stored, orientation=6), **fields))
-    untagged = visual(read_ok(client, jpeg_bytes(stored), **fields))
+    expected = visual_pixels(read_ok(client, jpeg_bytes(upright), **fields)).astype(np.float32)
+    tagged = visual_pixels(read_ok(client, jpeg_bytes(stored, orientation=6), **fields))
+    untagged = visual_pixels(read_ok(client, jpeg_bytes(stored), **fields))
     # Orientation 6 means "rotate 90° clockwise to display": the service must apply it.
     assert np.abs(tagged.astype(np.float32) - expected).mean() < 2.0
     assert np.abs(untagged.astype(np.float32) - expected).mean() > 15.0
@@ -91,8 +77,10 @@ def test_exif_rotated_jpeg_is_read_upright(client: Client) -> None:
 
 def test_flags_are_parsed_and_invert_is_respected(client: Client) -> None:
     white_on_black = 255 - seven()
-    auto = visual(read_ok(client, png_bytes(white_on_black), visualize="1"))
-    forced = visual(read_ok(client, png_bytes(white_on_black), visualize="yes", invert="true"))
+    auto = visual_pixels(read_ok(client, png_bytes(white_on_black), visualize="1"))
+    forced = visual_pixels(
+        read_ok(client, png_bytes(white_on_black), visualize="yes", invert="true")
+    )
     assert np.array_equal(auto, forced)
     # An empty flag means "not given"; what `center` does is checked in test_read_promises.py.
     assert read_ok(client, png_bytes(seven()), center="", invert="").digit == 7

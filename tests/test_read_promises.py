@@ -15,7 +15,6 @@ Slow and failing models are test-only architectures registered in this process f
 from __future__ import annotations
 
 import base64
-import io
 import json
 import threading
 import time
@@ -29,13 +28,11 @@ import pytest
 import structlog
 import torch
 from attrs import frozen
-from PIL import Image
 from torch import nn
 
 from conftest import Serve
 from handwriting_ai.api.app import create_app
 from handwriting_ai.api.schemas import ReadResponse
-from handwriting_ai.contracts.converter import structure
 from handwriting_ai.logging import configure_logging
 from handwriting_ai.models import registry
 from helpers import (
@@ -44,13 +41,14 @@ from helpers import (
     Client,
     assert_error,
     draw_seven,
-    json_of,
     make_settings,
     paper,
     png_bytes,
     post_read,
+    read_ok,
     seven,
     state_of,
+    visual_pixels,
     write_artifact,
 )
 from worker_support import serve_app
@@ -60,21 +58,6 @@ FAILING_ARCH = "test_failing_net"
 SECRET = "secret-detail-xyz"
 GATE_LIMIT_S = 20.0  # a slow forward gives up after this, so a broken test never hangs
 CENTRE = 13.5  # the centre of a 28x28 grid in pixel coordinates
-
-
-def read_ok(client: Client, data: bytes, **fields: str) -> ReadResponse:
-    response = post_read(client, data, fields=fields)
-    assert response.status_code == 200, response.text
-    return structure(json_of(response), ReadResponse)
-
-
-def decode_visual(reading: ReadResponse) -> U8:
-    assert reading.visual_png_b64 is not None
-    image = Image.open(io.BytesIO(base64.b64decode(reading.visual_png_b64)))
-    assert image.format == "PNG"
-    assert image.mode == "L"
-    pixels: U8 = np.asarray(image, dtype=np.uint8)
-    return pixels
 
 
 # --------------------------------------------------------------------------- center flag
@@ -101,9 +84,9 @@ def off_centre_seven() -> U8:
 
 def test_center_flag_is_seen_in_the_visual(client: Client) -> None:
     data = png_bytes(off_centre_seven())
-    by_mass = decode_visual(read_ok(client, data, center="true", visualize="true"))
-    by_box = decode_visual(read_ok(client, data, center="false", visualize="true"))
-    default = decode_visual(read_ok(client, data, visualize="true"))
+    by_mass = visual_pixels(read_ok(client, data, center="true", visualize="true"))
+    by_box = visual_pixels(read_ok(client, data, center="false", visualize="true"))
+    default = visual_pixels(read_ok(client, data, visualize="true"))
     assert by_mass.shape == by_box.shape == (28, 28)
 
     # center=true (and the default): the centre of mass sits at the centre of the grid.
@@ -333,7 +316,7 @@ def test_visual_over_the_cap_is_left_out(
     assert under.visual_png_b64 is not None
     png = base64.b64decode(under.visual_png_b64)
     assert 0 < len(png) <= 1024  # a 28x28 grayscale PNG is well under 1 KB
-    assert decode_visual(under).shape == (28, 28)
+    assert visual_pixels(under).shape == (28, 28)
 
     over = read_ok(none, data, visualize="true")
     assert over.visual_png_b64 is None  # over the cap: left out, the read still answered
