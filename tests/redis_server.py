@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 from attrs import define
 
@@ -161,6 +162,8 @@ class RedisServer:
     port: int = 0  # chosen by the first start; a restart keeps it
     version: str = ""
     _process: subprocess.Popen[bytes] | None = None
+    start_timeout_s: ClassVar[float] = START_TIMEOUT_S
+    new_session: ClassVar[bool] = False
 
     @property
     def url(self) -> str:
@@ -175,8 +178,19 @@ class RedisServer:
         ready; raise with the server's log otherwise."""
         self.version = self.version or binary_version(self.binary)
         self.directory.mkdir(parents=True, exist_ok=True)
-        args = ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
-        self._process, self.port = start_redis(self.binary, args, self.log_path, port=self.port)
+        args = [*self.persistence(), "--dir", str(self.directory)]
+        self._process, self.port = start_redis(
+            self.binary,
+            args,
+            self.log_path,
+            port=self.port,
+            timeout_s=self.start_timeout_s,
+            new_session=self.new_session,
+        )
+
+    def persistence(self) -> list[str]:
+        """Nothing saved: a test's server is thrown away."""
+        return ["--save", "", "--appendonly", "no"]
 
     def stop(self) -> None:
         """Terminate (then kill if it lingers); everything it held is gone."""

