@@ -54,9 +54,9 @@ def _cancel_the_rerun(rig: Rig, job: Job, survivors: list[WorkerProcess]) -> Non
     final = status(rig.client, job.request_id)
     assert final["status"] == "cancelled", describe(rig.client, [job])
     assert final["worker"] in {w.consumer for w in survivors}
-    # A cancelled run's slot is killed and started again (an import of torch, seconds under
-    # load) before its worker takes another job; the probes of the invariants must not race
-    # that. The health line shows it: `j_ongoing=0` once the run is over, its slot ready.
+    # The cancelled run's slot goes back to its pool only after the ending is written; the
+    # probes of the invariants must not race that. The health line shows it: `j_ongoing=0` once
+    # the run is over and its slot is ready.
     wait_for(
         lambda: all(_idle(rig, w) for w in survivors),
         timeout_s=120,
