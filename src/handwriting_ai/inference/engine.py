@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -15,6 +15,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from handwriting_ai.inference.calibration import ensemble_probs
 from handwriting_ai.inference.manifest import Manifest, ManifestError, read_manifest
+from handwriting_ai.inference.onnx_backend import Backend, OnnxRunner
 from handwriting_ai.inference.store import MANIFEST_FILE, MODEL_FILE, current_version, version_dir
 from handwriting_ai.inference.tta import TtaProfile, tta_batch
 from handwriting_ai.logging import get_logger
@@ -23,6 +24,7 @@ from handwriting_ai.preprocessing.pipeline import PARAMS
 
 log = get_logger(__name__)
 _BACKGROUND = (0.0 - float(PARAMS["mean"])) / float(PARAMS["std"])
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 @frozen
@@ -30,10 +32,11 @@ class Member:
     manifest: Manifest
     module: nn.Module  # the weights exactly as stored
     path: Path
-    runtime: nn.Module | None = None  # the same maths, fused for speed; what `predict` runs
+    # The same maths made fast (BatchNorm fused, or onnxruntime); what `predict` runs.
+    runtime: Forward | None = None
 
     @property
-    def forward_module(self) -> nn.Module:
+    def forward_module(self) -> Forward:
         return self.runtime if self.runtime is not None else self.module
 
 
@@ -102,14 +105,23 @@ def fuse_for_inference(module: nn.Module) -> nn.Module:
     return module
 
 
-def load_member(directory: Path, *, expected_hash: str) -> Member:
+def runtime_for(module: nn.Module, backend: Backend) -> Forward:
+    if backend == "onnxruntime":
+        try:
+            return OnnxRunner(module)
+        except Exception as exc:  # noqa: BLE001 - the exporter and onnxruntime raise their own types
+            raise ModelLoadError(f"onnxruntime cannot run this model: {str(exc)[:300]}") from None
+    return fuse_for_inference(copy.deepcopy(module))
+
+
+def load_member(directory: Path, *, expected_hash: str, backend: Backend = "torch") -> Member:
     manifest = read_manifest(directory / MANIFEST_FILE, expected_hash=expected_hash)
     try:
         module = create_model(manifest.arch)
     except UnknownArchError as exc:
         raise ManifestError(str(exc)) from None
     loaded = load_weights(module, directory / MODEL_FILE)
-    runtime = fuse_for_inference(copy.deepcopy(loaded))
+    runtime = runtime_for(loaded, backend)
     return Member(manifest=manifest, module=loaded, path=directory, runtime=runtime)
 
 
@@ -119,6 +131,7 @@ def load_ensemble(
     *,
     expected_hash: str,
     temperature_override: float | None = None,
+    backend: Backend = "torch",
 ) -> Ensemble | None:
     """Load every active model that passes its checks; refusals are logged, never served."""
     members: list[Member] = []
@@ -129,7 +142,11 @@ def load_ensemble(
                 log.warning("model_missing", model_id=model_id, model_dir=str(model_dir))
                 continue
             members.append(
-                load_member(version_dir(model_dir, model_id, version), expected_hash=expected_hash)
+                load_member(
+                    version_dir(model_dir, model_id, version),
+                    expected_hash=expected_hash,
+                    backend=backend,
+                )
             )
         except (ManifestError, ModelLoadError, ValueError) as exc:
             log.error("model_refused", model_id=model_id, reason=str(exc))

@@ -35,6 +35,7 @@ from attrs import define, field
 from handwriting_ai.contracts.converter import converter, structure
 from handwriting_ai.inference.engine import EngineHolder, Member, ModelLoadError
 from handwriting_ai.inference.manifest import Manifest, ManifestError, read_manifest
+from handwriting_ai.inference.onnx_backend import Backend
 from handwriting_ai.inference.promotion import Decision, GateRecord, should_promote
 from handwriting_ai.inference.reload import (
     ReloadOutcome,
@@ -99,6 +100,7 @@ class Reconciler:
     tolerance: float
     expected_hash: str
     temperature_override: float | None = None
+    backend: Backend = "torch"
     lock_timeout_s: float = LOCK_TIMEOUT_S
     _busy: threading.Lock = field(factory=threading.Lock)
     # (model_id, version) of CURRENT versions that failed to load -> the failure is permanent.
@@ -217,7 +219,11 @@ class Reconciler:
                 )
                 return "held", None, outcome
             member = load_version(
-                self.model_dir, model_id, version, expected_hash=self.expected_hash
+                self.model_dir,
+                model_id,
+                version,
+                expected_hash=self.expected_hash,
+                backend=self.backend,
             )
         except _REFUSED as exc:
             log.error("model_refused", model_id=model_id, version=version, reason=str(exc))
@@ -245,7 +251,11 @@ class Reconciler:
         old_version = served.path.name if served else None
         try:
             member = load_version(
-                self.model_dir, model_id, version, expected_hash=self.expected_hash
+                self.model_dir,
+                model_id,
+                version,
+                expected_hash=self.expected_hash,
+                backend=self.backend,
             )
         except (ManifestError, ModelLoadError, ValueError, OSError) as exc:
             stored = (version_dir(self.model_dir, model_id, version) / MANIFEST_FILE).is_file()

@@ -14,6 +14,7 @@ from attrs import frozen
 
 from handwriting_ai.inference.engine import EngineHolder, Ensemble, Member, load_member
 from handwriting_ai.inference.manifest import ManifestError
+from handwriting_ai.inference.onnx_backend import Backend
 from handwriting_ai.inference.store import version_dir
 
 # promoted: passed the gate, now CURRENT and served; held: refused by the gate (a candidate);
@@ -54,9 +55,18 @@ def served_member(ensemble: Ensemble | None, model_id: str) -> Member | None:
     return None
 
 
-def load_version(model_dir: Path, model_id: str, version: str, *, expected_hash: str) -> Member:
+def load_version(
+    model_dir: Path,
+    model_id: str,
+    version: str,
+    *,
+    expected_hash: str,
+    backend: Backend = "torch",
+) -> Member:
     """Blocking (disk and torch). Raises `ManifestError`/`ModelLoadError`/`OSError`."""
-    member = load_member(version_dir(model_dir, model_id, version), expected_hash=expected_hash)
+    member = load_member(
+        version_dir(model_dir, model_id, version), expected_hash=expected_hash, backend=backend
+    )
     if member.manifest.model_id != model_id:
         raise ManifestError(f"manifest names model {member.manifest.model_id!r}")
     return member
