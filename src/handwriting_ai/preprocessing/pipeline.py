@@ -17,7 +17,7 @@ import numpy as np
 from attrs import frozen
 
 from handwriting_ai.errors import PreprocessingFailedError
-from handwriting_ai.preprocessing.arrays import F32, U8, as_u8
+from handwriting_ai.preprocessing.arrays import F32, U8, as_u8, percentiles_u8
 from handwriting_ai.preprocessing.segment import (
     Grouping,
     group_digit_components,
@@ -87,7 +87,7 @@ def _locate(paper: U8) -> _Located:
     otsu, _ = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     # Otsu alone splits grain from paper when the digit is small and faint: never go below a
     # fraction of the strongest ink.
-    peak = float(np.percentile(smooth, 99.9))
+    (peak,) = percentiles_u8(smooth, (99.9,))
     floor = max(float(PARAMS["min_contrast"]) / 2, float(PARAMS["threshold_peak_frac"]) * peak)
     _, mask = cv2.threshold(smooth, max(float(otsu), floor), 255, cv2.THRESH_BINARY)
     mask, lines_removed = remove_ruled_lines(as_u8(mask))
@@ -166,8 +166,9 @@ def _dark_background(gray: U8) -> bool:
     border = np.concatenate(
         [work[:b].ravel(), work[-b:].ravel(), work[:, :b].ravel(), work[:, -b:].ravel()]
     )
-    lo, hi = np.percentile(work, [1, 99])
-    return float(np.median(border)) < (float(lo) + float(hi)) / 2
+    lo, hi = percentiles_u8(work, (1, 99))
+    (middle,) = percentiles_u8(border, (50,))  # np.median of the border
+    return middle < (lo + hi) / 2
 
 
 def _normalise_illumination(paper: U8) -> U8:
@@ -186,8 +187,10 @@ def _soft_digit(ink: U8, group_mask: U8) -> U8:
     """Keep anti-aliased stroke edges; stretch so the stroke core is full-white like MNIST."""
     near = cv2.dilate(group_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     kept = np.where(near > 0, ink, 0).astype(np.float32)
-    core = float(np.percentile(kept[group_mask > 0], 90)) if np.any(group_mask) else 255.0
-    floor = float(np.percentile(ink, 50))
+    # `kept` is `ink` wherever the mask is set; its float32 dtype decides numpy's rounding.
+    inside = ink[group_mask > 0]
+    core = percentiles_u8(inside, (90,), np.float32)[0] if inside.size else 255.0
+    (floor,) = percentiles_u8(ink, (50,))
     stretched = (kept - floor) / max(core - floor, 1.0) * 255.0
     out: U8 = np.clip(stretched, 0, 255).astype(np.uint8)
     return out

@@ -44,6 +44,8 @@ def remove_ruled_lines(mask: U8) -> tuple[U8, int]:
         runs = cv2.morphologyEx(
             mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, shape)
         )
+        if not cv2.countNonZero(runs):  # the usual case: no line at all, nothing to label
+            continue
         n, labels, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
         for i in range(1, n):
             thickness = stats[i, cv2.CC_STAT_HEIGHT] if horizontal else stats[i, cv2.CC_STAT_WIDTH]
@@ -124,11 +126,11 @@ def group_digit_components(mask: U8, ink: U8) -> Grouping | None:
                 box = _union(box, (b[0], b[1], b[2], b[3]))
                 group_area += areas[i]
                 changed = True
-    keep = np.isin(labels, [i + 1 for i in chosen]) & (mask > 0)
-    group_mask = np.where(keep, 255, 0).astype(np.uint8)
-    ys, xs = np.nonzero(group_mask)
-    if len(xs) == 0:
+    chosen_label = np.zeros(n, dtype=np.uint8)  # a lookup table: label -> 255 if chosen
+    chosen_label[[i + 1 for i in chosen]] = 255
+    group_mask = as_u8(cv2.bitwise_and(chosen_label[labels], mask))
+    if not cv2.countNonZero(group_mask):
         return None
-    x0, y0 = int(xs.min()), int(ys.min())
-    bbox = (x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1)
+    x0, y0, bw, bh = cv2.boundingRect(group_mask)
+    bbox = (int(x0), int(y0), int(bw), int(bh))
     return Grouping(mask=group_mask, bbox=bbox, kept=len(chosen), dropped=len(boxes) - len(chosen))
