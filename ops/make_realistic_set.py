@@ -3,6 +3,8 @@
 Each kind mimics something a user really uploads (phone photos of paper, chalkboards, web
 canvas PNGs, sideways EXIF-tagged JPEGs, heavily compressed images), so preprocessing can be
 scored per kind. Output: ``OUT/<kind>/<index>_<label>.<ext>`` plus ``OUT/labels.csv``.
+`phone_photo` renders a full-size (12 MP) phone photo for tests and benchmarks of big uploads;
+it is not one of the kinds, so the set keeps its sizes (at most 1000 px).
 
     python ops/make_realistic_set.py --mnist-dir /work/shared/data/mnist --out DIR \
         --per-kind 200 --seed 0
@@ -662,6 +664,69 @@ def low_quality_jpeg(digit: U8, rng: np.random.Generator) -> tuple[bytes, str]:
     layout = _layout(rng, (70, 200), (200, 350), (0.3, 0.6), 5.0)
     rgb = _dark_ink_photo(digit, rng, layout)
     return _jpeg(rgb, int(rng.integers(15, 36))), "jpg"
+
+
+# --------------------------------------------------------------------------- phone photos
+
+# A phone photo's scene is drawn at 1/PHONE_SCENE_SCALE of its size and enlarged: lens blur,
+# demosaicing and noise reduction leave edges a few pixels soft at 12 MP anyway, and drawing
+# 12 MP with the helpers above would take seconds.
+PHONE_SCENE_SCALE = 2
+
+
+def _sensor_grain(rgb: U8, rng: np.random.Generator, sigma: float) -> U8:
+    """Full-resolution luma grain: the pixel-level noise a phone leaves after its denoiser."""
+    noise = _white(rng, rgb.shape[:2])
+    noise *= sigma
+    planes = [_u8(cv2.add(plane, noise, dtype=cv2.CV_8U)) for plane in cv2.split(rgb)]
+    return _u8(cv2.merge(planes))
+
+
+def _u8(arr: object) -> U8:
+    return np.asarray(arr, dtype=np.uint8)
+
+
+def phone_photo(
+    digit: U8,
+    rng: np.random.Generator,
+    *,
+    width: int = 4032,
+    height: int = 3024,
+    quarter_turns: int = 0,
+    quality: int = 90,
+) -> bytes:
+    """A full-size phone photo (12 MP JPEG by default) of `digit` in pen on a sheet of paper.
+
+    Paper grain and blotchy tone, light falling off across the page and into the corners, a
+    digit 25-45% of the short side tall, a little defocus and sensor noise. With `quarter_turns`
+    (1-3) the pixels are stored turned 90 degrees counter-clockwise that many times and tagged
+    with the EXIF orientation that turns them back, as a phone held sideways writes them: an
+    EXIF-aware viewer shows `width` x `height`, upright. Not one of `KINDS`: the evaluation set
+    keeps its sizes; this is for the service's big-upload path (tests, benchmarks).
+    """
+    if quarter_turns not in (0, 1, 2, 3):
+        raise ValueError(f"quarter_turns must be 0-3, got {quarter_turns}")
+    scene_h = max(8, round(height / PHONE_SCENE_SCALE))
+    scene_w = max(8, round(width / PHONE_SCENE_SCALE))
+    layout = Layout(
+        scene_h,
+        scene_w,
+        rng.uniform(0.25, 0.45) * min(scene_h, scene_w),
+        rng.uniform(-6.0, 6.0),
+    )
+    alpha, box = _place(digit, rng, layout, threshold=rng.uniform(0.3, 0.5), margin=0.08)
+    alpha = _pen_texture(alpha, box, rng, 0.12) * rng.uniform(0.9, 1.0)
+    blue = (rng.uniform(18, 45), rng.uniform(40, 80), rng.uniform(135, 185))
+    ink = _dark_ink(rng) if rng.random() < 0.7 else blue
+    paper = _surface(rng, scene_h, scene_w, _paper_colour(rng), rng.uniform(2, 4))
+    _paint(paper, alpha, ink, box)
+    shade = _shade(rng, layout, rng.uniform(0.1, 0.3), rng.uniform(0.08, 0.2))
+    scene = _finish(paper, shade, rng, (0.5, 1.0))
+    rgb = _u8(cv2.resize(scene, (width, height), interpolation=cv2.INTER_LINEAR))
+    rgb = _sensor_grain(rgb, rng, rng.uniform(3.0, 5.0))
+    if quarter_turns:
+        return encode_exif_rotated(rgb, quarter_turns, quality)
+    return _jpeg(rgb, quality)
 
 
 KIND_FUNCS: dict[str, KindFn] = {

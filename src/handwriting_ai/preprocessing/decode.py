@@ -1,8 +1,14 @@
-"""Untrusted upload bytes to a grayscale array: format by content, limits, EXIF, alpha on white."""
+"""Untrusted upload bytes to a grayscale array: format by content, limits, EXIF, alpha on white.
+
+Limits are judged from the header, before any pixel is decoded. Big images (a 12 MP phone photo)
+come out smaller, never under `DECODE_MIN_SIDE` px on the long side: JPEGs are decoded small by
+libjpeg itself, anything else reduced by a whole factor right after decoding.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +32,16 @@ class ImageLimits:
     max_bytes: int
     max_side_px: int
     max_pixels: int
+    # Largest long/short side ratio; inf: no check (the service passes DIGITS__MAX_IMAGE_ASPECT).
+    max_aspect: float = math.inf
+
+
+# Big images are decoded (JPEG) or reduced (others) to a long side of at least this many pixels,
+# never less: the pipeline works at <= 256 px and min-pools the rest so thin strokes survive;
+# 4x that keeps a pen line a few pixels wide. Below 2 x this nothing is scaled, so every image up
+# to 2047 px decodes exactly as it did before reduced decoding existed.
+DECODE_MIN_SIDE = 1024
+_DCT_SCALES = (8, 4, 2)  # what libjpeg can scale by while decoding
 
 
 # Formats we recognise but do not accept: refused as 415 whatever the client declares.
@@ -103,19 +119,72 @@ def decode_image(
             raise BadDimensionsError(
                 f"Image is {width}x{height}; each side must be at most {limits.max_side_px} px."
             )
-        if fmt == "JPEG" and image.mode in ("RGB", "YCbCr"):
-            # Let libjpeg hand over the luma plane: no chroma upsampling, no colour conversion
-            # (half the decode time of a phone photo; the same grey levels within rounding).
-            image.draft("L", image.size)
+        if max(width, height) > limits.max_aspect * min(width, height):
+            raise BadDimensionsError(
+                f"Image is {width}x{height}; the long side may be at most"
+                f" {limits.max_aspect:g} times the short side."
+            )
+        if fmt == "JPEG":
+            _draft_jpeg(image)
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of upright images
-        if min(image.size) < 1:
+        small = _reduce(image)
+        # Draft and reduce change the size, not the EXIF data (`reduce` keeps `info`): the same
+        # turn still makes the smaller image upright.
+        ImageOps.exif_transpose(small, in_place=True)  # in place: no copy of upright images
+        if min(small.size) < 1:
             raise BadDimensionsError("Image has an empty dimension.")
-        return to_gray(image)
+        return to_gray(small)
     except Image.DecompressionBombError as exc:
         raise TooLargeError(f"Image refused as a decompression bomb: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImageError(f"Failed to decode image: {exc}") from None
+
+
+def dct_scale(long_side: int) -> int:
+    """The largest libjpeg scale-down (8, 4, 2, else 1) that keeps the long side at least
+    `DECODE_MIN_SIDE` px (a 12 MP photo, 4032 px: 2, decoded at 2016 px)."""
+    return next((s for s in _DCT_SCALES if long_side // s >= DECODE_MIN_SIDE), 1)
+
+
+def _draft_jpeg(image: Image.Image) -> None:
+    """Ask libjpeg for a smaller image before decoding: its DCT scaling spares the inverse
+    transforms and the memory of pixels the pipeline would throw away (it still reads every
+    coefficient: a 12 MP photo decodes 15-40% faster, into a quarter of the memory)."""
+    width, height = image.size
+    scale = dct_scale(max(width, height))
+    # Pillow takes the largest of 8, 4, 2, 1 not above min(width // w, height // h). Asking for
+    # each side // scale makes the long side's quotient exactly `scale` (its remainder, below
+    # `scale`, is far below the >= 1024 asked for) and the short side's at least `scale`.
+    size = (max(1, width // scale), max(1, height // scale))
+    if image.mode in ("RGB", "YCbCr"):
+        # Let libjpeg hand over the luma plane: no chroma upsampling, no colour conversion
+        # (half the decode time of a phone photo; the same grey levels within rounding).
+        image.draft("L", size)
+    elif scale > 1:  # grayscale or CMYK: scale only, and only when it helps
+        image.draft(None, size)
+
+
+def _reduce(image: Image.Image) -> Image.Image:
+    """A loaded image whose long side is still 2 x `DECODE_MIN_SIDE` or more (a big PNG, a JPEG
+    draft could not scale) shrunk by an integer factor: `Image.reduce` averages whole f x f
+    blocks in one cheap pass (no filter kernel, no resampling), and `long // f >= 1024` keeps
+    the long side at or above `DECODE_MIN_SIDE`, so thin strokes keep enough pixels for the
+    pipeline's own min-pooling shrink. The factor is bounded by the side limit (16384 px: 16)."""
+    factor = max(image.size) // DECODE_MIN_SIDE
+    if factor < 2:
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        image = image.convert("I")  # reduce has no 16-bit mode; `to_gray` scales "I" alike
+    elif image.mode in ("1", "P", "PA"):
+        # Averaging palette indices would mix unrelated colours: convert as `to_gray` would.
+        image = image.convert("RGBA" if _has_alpha(image) else "L")
+    return image.reduce(factor)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info
+    )
 
 
 def to_gray(image: Image.Image) -> npt.NDArray[np.uint8]:
@@ -124,10 +193,7 @@ def to_gray(image: Image.Image) -> npt.NDArray[np.uint8]:
         arr32 = np.asarray(image, dtype=np.float64)
         top = float(arr32.max()) or 1.0
         return np.clip(arr32 / top * 255.0, 0, 255).astype(np.uint8)
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if not has_alpha:
+    if not _has_alpha(image):
         return np.asarray(image.convert("L"), dtype=np.uint8)
     rgba = image.convert("RGBA")
     alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
