@@ -54,6 +54,7 @@ from helpers import (
 from worker_support import serve_app
 
 SLOW_ARCH = "test_slow_net"
+TORCH = {"DIGITS__BACKEND": "torch"}
 FAILING_ARCH = "test_failing_net"
 SECRET = "secret-detail-xyz"
 GATE_LIMIT_S = 20.0  # a slow forward gives up after this, so a broken test never hangs
@@ -221,7 +222,8 @@ def timed_get(url: str) -> Timed:
 
 @pytest.fixture
 def one_thread_api(model_dir: Path, gate: Gate) -> Iterator[str]:
-    extra = {"APP__THREADS": "1", "DIGITS__PREDICT_TIMEOUT_SECONDS": "1"}
+    # The torch backend: onnxruntime would run an export of the graph, not the gate in forward.
+    extra = {"APP__THREADS": "1", "DIGITS__PREDICT_TIMEOUT_SECONDS": "1", **TORCH}
     with serve_app(create_app(make_settings(model_dir, ["slow_net"], extra))) as url:
         try:
             yield url
@@ -278,7 +280,7 @@ def json_logs() -> Iterator[None]:
 def test_model_error_is_internal_error_with_logged_traceback(
     serve: Serve, model_dir: Path, failing: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = serve(make_settings(model_dir, [failing]))
+    client = serve(make_settings(model_dir, [failing], TORCH))  # the bug must run at read time
     capsys.readouterr()
     response = post_read(client, png_bytes(seven()), headers={"X-Request-ID": "boom-1"})
 

@@ -23,6 +23,7 @@ from litestar import Litestar
 from redis.typing import EncodableT, FieldT
 
 from handwriting_ai.api.app import create_app
+from handwriting_ai.api.edge import EdgeProtocol
 from handwriting_ai.contracts.events import TrainEvent, decode_event
 from handwriting_ai.contracts.jobs import DeadLetter, dead_letter_from_fields
 from handwriting_ai.inference.store import list_versions
@@ -60,7 +61,8 @@ def serve_port(log: str) -> int | None:
 
 @contextmanager
 def serve_app(app: Litestar) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn in a thread on a port the kernel picks; yields its URL.
+    """Serve an ASGI app with uvicorn (the service's edge protocol) in a thread on a port the
+    kernel picks; yields its URL.
 
     The socket is bound (port 0) before uvicorn starts and handed to it, so no other process can
     take the port between choosing and listening."""
@@ -68,7 +70,7 @@ def serve_app(app: Litestar) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port: int = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, http=EdgeProtocol)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

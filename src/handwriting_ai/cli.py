@@ -36,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from handwriting_ai.api.app import create_app
+    from handwriting_ai.api.edge import EdgeProtocol
     from handwriting_ai.supervisor.parent import exit_hard_after
     from handwriting_ai.supervisor.up import API_GRACEFUL_S, API_STOP_DEADLINE_S
 
@@ -59,6 +60,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=port,
         log_level="warning",
         access_log=False,
+        http=EdgeProtocol.configure(
+            header_timeout_s=settings.app.header_timeout_s,
+            body_timeout_s=settings.app.body_timeout_s,
+            max_connections=settings.app.max_connections,
+        ),
         # On SIGTERM, keep-alive and SSE connections (event streams never end by themselves) get
         # this long, then are closed: an open client never holds the API past its stop.
         timeout_graceful_shutdown=API_GRACEFUL_S,

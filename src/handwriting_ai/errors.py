@@ -7,9 +7,10 @@ class AppError(Exception):
     code = "internal_error"
     status_code = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_s = retry_after_s  # sent as `Retry-After` when set
 
 
 class InvalidImageError(AppError):
@@ -50,6 +51,12 @@ class NotFoundError(AppError):
 
 class PredictTimeoutError(AppError):
     code, status_code = "timeout", 504
+
+
+class OverloadedError(AppError):
+    """A read that could not start in time: refused at once, with `Retry-After`."""
+
+    code, status_code = "overloaded", 503
 
 
 class NotReadyError(AppError):

@@ -45,6 +45,9 @@ class AppSettings:
     host: str = "127.0.0.1"
     port: int = 8081
     threads: int = 0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    max_connections: int = 1000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     build: str = "dev"
@@ -65,12 +68,15 @@ class DigitsSettings:
     model_dir: Path | None = None
     active_model: tuple[str, ...] = field(default=SHIPPED_MODELS, converter=_ids)
     tta_profile: Literal["none", "strong"] = "none"
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
     ensemble_temperature_override: float | None = field(default=None, converter=_optional_float)
     uncertain_threshold: float = 0.70
-    max_image_mb: float = 2.0
-    max_image_side_px: int = 1024
-    max_image_pixels: int = 25_000_000
+    max_image_mb: float = 12.0  # a 12 MP phone JPEG is 3-6 MB; Discord's upload cap is 10 MB
+    max_image_side_px: int = 16_384  # 200 MP phone sensors are 16320 px wide
+    max_image_pixels: int = 64_000_000  # 48-50 MP shots; below Pillow's bomb warning (89 MP)
+    max_image_aspect: float = 20.0  # long/short; phone panoramas reach about 8:1
     predict_timeout_seconds: float = 5.0
+    read_queue: int = 64
     visualize_max_kb: int = 16
     promotion_tolerance: float = 0.002
     reconcile_interval_s: float = 30.0

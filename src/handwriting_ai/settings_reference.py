@@ -26,6 +26,12 @@ MEANINGS: dict[str, str] = {
         " (or `listening on` of `digits serve`)"
     ),
     "APP__THREADS": "inference threads; 0 = one per core, at most 8",
+    "APP__HEADER_TIMEOUT_S": (
+        "a request's headers must arrive within this many seconds (of the connection, or of"
+        " the request's first byte); later: 408 and the connection is closed"
+    ),
+    "APP__BODY_TIMEOUT_S": "a request's body must arrive within this many seconds of its headers",
+    "APP__MAX_CONNECTIONS": "open connections; a new one beyond them gets 503 `overloaded` at once",
     "APP__LOG_LEVEL": "`debug`, `info`, `warning` or `error`",
     "APP__LOG_FORMAT": "`json` (one object a line) or `console` for people",
     "APP__BUILD": "shown by `/version` and `/readyz`",
@@ -33,13 +39,20 @@ MEANINGS: dict[str, str] = {
     "DIGITS__MODEL_DIR": "served model folders; empty: `<APP__DATA_ROOT>/models`",
     "DIGITS__ACTIVE_MODEL": "comma-separated model ids served as one ensemble",
     "DIGITS__TTA_PROFILE": "`none` or `strong` (9 views in one batch)",
+    "DIGITS__BACKEND": "`onnxruntime` (fast at batch 1) or `torch` (the reference)",
     "DIGITS__ENSEMBLE_TEMPERATURE_OVERRIDE": "one temperature for every member; empty: each "
     "member's fitted one",
     "DIGITS__UNCERTAIN_THRESHOLD": "`uncertain` is true below this confidence",
     "DIGITS__MAX_IMAGE_MB": "upload size limit (413 above)",
     "DIGITS__MAX_IMAGE_SIDE_PX": "largest side after EXIF rotation (400 `bad_dimensions` above)",
     "DIGITS__MAX_IMAGE_PIXELS": "decompression-bomb guard, checked before decoding (413)",
+    "DIGITS__MAX_IMAGE_ASPECT": "largest ratio of the long side to the short side, checked "
+    "before decoding (400 `bad_dimensions` above)",
     "DIGITS__PREDICT_TIMEOUT_SECONDS": "per read, queueing included (504 `timeout`)",
+    "DIGITS__READ_QUEUE": (
+        "reads that may wait for a read thread; beyond them, or when the wait would outlast"
+        " the timeout, 503 `overloaded` at once with `Retry-After`"
+    ),
     "DIGITS__VISUALIZE_MAX_KB": "cap on `visual_png_b64`",
     "DIGITS__PROMOTION_TOLERANCE": "how much lower a new version's val_acc may be than the "
     "served one's, and than the best ever served, and still replace it",

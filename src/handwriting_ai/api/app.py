@@ -16,9 +16,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from handwriting_ai.api.admin import admin_ping, upload_model
+from handwriting_ai.api.admission import ReadAdmission
 from handwriting_ai.api.errors import EXCEPTION_HANDLERS
 from handwriting_ai.api.health import active_models, healthz, package_version, readyz, version_info
-from handwriting_ai.api.read import read
+from handwriting_ai.api.read import FORM_PART_LIMIT, read
 from handwriting_ai.api.request_id import RequestIdMiddleware
 from handwriting_ai.api.state import AppState, connect_redis
 from handwriting_ai.api.train import cancel_train, submit_train, train_events, train_status
@@ -48,6 +49,7 @@ def _load(settings: Settings) -> EngineHolder:
         settings.digits.active_model,
         expected_hash=preprocess_hash(),
         temperature_override=settings.digits.ensemble_temperature_override,
+        backend=settings.digits.backend,
     )
     if ensemble is None:
         log.error(
@@ -72,6 +74,7 @@ async def _start_reconciling(state: AppState) -> list[asyncio.Task[None]]:
         tolerance=settings.digits.promotion_tolerance,
         expected_hash=preprocess_hash(),
         temperature_override=settings.digits.ensemble_temperature_override,
+        backend=settings.digits.backend,
     )
     served = {
         m.manifest.model_id
@@ -120,7 +123,8 @@ def create_app(
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
         threads = settings.app.executor_threads
-        state.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read")
+        state.reads = ReadAdmission(threads, settings.digits.read_queue)
+        state.admin = ThreadPoolExecutor(max_workers=2, thread_name_prefix="admin")
         own_redis = redis is None and settings.redis_url is not None
         if own_redis and settings.redis_url is not None:
             state.redis = connect_redis(settings.redis_url)
@@ -147,8 +151,9 @@ def create_app(
             if own_redis and state.redis is not None:
                 await state.redis.aclose()
                 state.redis = None
-            state.executor.shutdown(wait=False, cancel_futures=True)
-            state.executor = None
+            state.reads.shutdown()
+            state.admin.shutdown(wait=False, cancel_futures=True)
+            state.reads = state.admin = None
 
     app = Litestar(
         route_handlers=[
@@ -168,7 +173,7 @@ def create_app(
         lifespan=[lifespan],
         request_max_body_size=int(settings.digits.max_image_mb * 1024 * 1024)
         + _FORM_OVERHEAD_BYTES,
-        multipart_form_part_limit=16,
+        multipart_form_part_limit=FORM_PART_LIMIT,
         openapi_config=OpenAPIConfig(title="handwriting-ai", version=package_version()),
         logging_config=None,
     )

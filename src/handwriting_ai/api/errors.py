@@ -29,12 +29,18 @@ _CODES_BY_STATUS = {
 
 
 def error_response(
-    request: Request[object, object, State], status: int, code: str, message: str
+    request: Request[object, object, State],
+    status: int,
+    code: str,
+    message: str,
+    *,
+    retry_after_s: int | None = None,
 ) -> Response[dict[str, str]]:
     request_id = str(request.scope.get("state", {}).get("request_id", ""))
     return Response(
         {"code": code, "message": readable(message), "request_id": request_id},
         status_code=status,
+        headers=None if retry_after_s is None else {"Retry-After": str(retry_after_s)},
     )
 
 
@@ -48,7 +54,9 @@ def _app_error(request: Request[object, object, State], exc: Exception) -> Respo
     log.info(
         "request_refused", code=exc.code, status=exc.status_code, message=readable(exc.message)
     )
-    return error_response(request, exc.status_code, exc.code, exc.message)
+    return error_response(
+        request, exc.status_code, exc.code, exc.message, retry_after_s=exc.retry_after_s
+    )
 
 
 def _http_error(

@@ -18,7 +18,7 @@ def key_matches(configured: str, presented: str | None) -> bool:
     return presented is not None and hmac.compare_digest(configured.encode(), presented.encode())
 
 
-def require_api_key(
+async def require_api_key(
     connection: ASGIConnection[BaseRouteHandler, object, object, State], _: BaseRouteHandler
 ) -> None:
     state = AppState.of(connection.app.state)

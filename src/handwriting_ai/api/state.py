@@ -1,4 +1,4 @@
-"""What the handlers share, on `app.state`: settings, engine, bounded executor, Redis client."""
+"""What the handlers share, on `app.state`: settings, engine, read and admin threads, Redis."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from handwriting_ai.api.admission import ReadAdmission
 from handwriting_ai.errors import PredictTimeoutError, QueueUnavailableError
 from handwriting_ai.inference.engine import EngineHolder
 from handwriting_ai.settings import Settings
@@ -41,7 +42,10 @@ def connect_redis(url: str) -> Redis:
 class AppState:
     settings: Settings
     engine: EngineHolder
-    executor: ThreadPoolExecutor | None = None
+    reads: ReadAdmission | None = None
+    # Uploads, reloads and model listings: never on the read threads, so a disk scan or a
+    # model load never makes a read wait.
+    admin: ThreadPoolExecutor | None = None
     redis: Redis | None = None
 
     def queue(self) -> Redis:
@@ -60,12 +64,18 @@ class AppState:
     def install(self, state: State) -> None:
         state[_KEY] = self
 
+    async def read(self, fn: Callable[[], T], *, timeout_s: float) -> T:
+        """Run one read on the read threads (admission control: 503 `overloaded` when full)."""
+        if self.reads is None:
+            raise RuntimeError("read threads not started")
+        return await self.reads.run(fn, timeout_s=timeout_s)
+
     async def run(self, fn: Callable[[], T], *, timeout_s: float) -> T:
-        """Run CPU work (torch, OpenCV) off the event loop, carrying the log context along."""
-        if self.executor is None:
-            raise RuntimeError("executor not started")
+        """Run admin work (disk, model loads) off the event loop, carrying the log context."""
+        if self.admin is None:
+            raise RuntimeError("admin thread not started")
         ctx = contextvars.copy_context()
-        future = asyncio.get_running_loop().run_in_executor(self.executor, ctx.run, fn)
+        future = asyncio.get_running_loop().run_in_executor(self.admin, ctx.run, fn)
         try:
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
