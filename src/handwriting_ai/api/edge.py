@@ -127,7 +127,16 @@ class EdgeProtocol(HttpToolsProtocol):
         self._timer, self._phase = None, None
         if self.transport.is_closing():
             return
+        if self.flow.read_paused:
+            # uvicorn stopped reading (a pipelined request waits for the one before it, or the
+            # app is behind on the body): the wait is ours, not the client's. Look again later.
+            self._arm(phase)
+            return
         log.warning("request_timed_out", phase=phase, client=str(self.client))
-        if self.cycle is None or not self.cycle.response_started:
+        # `cycle` is the latest request's: in the header phase of the next request on a
+        # kept-alive connection it is the previous one, whose answer is complete.
+        cycle = self.cycle
+        answering = cycle is not None and cycle.response_started and not cycle.response_complete
+        if not answering:
             self.transport.write(_TIMED_OUT[phase])
         self.transport.close()

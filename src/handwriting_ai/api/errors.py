@@ -13,6 +13,8 @@ from handwriting_ai.logging import get_logger
 
 log = get_logger("handwriting_ai.api")
 
+# Litestar's 500 when the client disconnects before its body has arrived: not our error.
+_CLIENT_GONE = "client disconnected prematurely"
 _CODES_BY_STATUS = {
     400: "invalid_request",
     401: "unauthorized",
@@ -66,6 +68,9 @@ def _http_error(
     status = exc.status_code
     if isinstance(exc, ValidationException):
         status = 400
+    if exc.detail == _CLIENT_GONE:  # its body never came (the edge's deadline, or an abort)
+        log.info("client_disconnected", path=request.url.path)
+        return error_response(request, 400, "invalid_request", "The client went away mid-request.")
     if status >= 500:
         log.error("http_error", status=status, detail=exc.detail)
         return error_response(request, 500, "internal_error", "Internal error.")

@@ -1,0 +1,103 @@
+"""Where the time of one read goes, stage by stage, in this process (one thread, warm).
+
+Decode, preprocess, forward (every member), probabilities and the answer, timed separately on
+the same uploads; the HTTP side (multipart parse, framework, response) is what
+`ops/bench_read.py` measures beyond these, beside the floor's figure. Run it against another
+checkout's code with `PYTHONPATH=/that/checkout/src` to compare before and after.
+
+    python ops/profile_read.py [--backend onnxruntime|torch] [--repeats 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from handwriting_ai.inference.engine import Ensemble, load_ensemble
+from handwriting_ai.preprocessing import ImageLimits, decode_image, preprocess_gray, preprocess_hash
+from handwriting_ai.settings import SHIPPED_MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
+LIMITS = ImageLimits(max_bytes=12 << 20, max_side_px=16384, max_pixels=64_000_000)
+
+
+def pngs(count: int) -> list[bytes]:
+    """MNIST test digits as 112 px dark-ink-on-white PNGs, as the peer's check.py makes them."""
+    with gzip.open(MNIST) as f:
+        digits = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    out = []
+    for i in range(count):
+        buf = io.BytesIO()
+        Image.fromarray(255 - digits[i]).resize((112, 112), Image.Resampling.BILINEAR).save(
+            buf, "PNG"
+        )
+        out.append(buf.getvalue())
+    return out
+
+
+def median_ms(fn: Callable[[int], object], repeats: int) -> float:
+    times = []
+    for i in range(repeats + 100):
+        started = time.perf_counter()
+        fn(i)
+        if i >= 100:
+            times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def load(backend: str) -> Ensemble:
+    expected = preprocess_hash()
+    if backend == "torch":  # no `backend` argument: older code (torch only) runs this too
+        ensemble = load_ensemble(ROOT / "models", SHIPPED_MODELS, expected_hash=expected)
+    else:
+        ensemble = load_ensemble(
+            ROOT / "models", SHIPPED_MODELS, expected_hash=expected, backend="onnxruntime"
+        )
+    if ensemble is None:
+        raise SystemExit("the shipped models did not load")
+    return ensemble
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--repeats", type=int, default=1000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    ensemble = load(args.backend)
+    uploads = pngs(100)
+    grays = [decode_image(u, LIMITS) for u in uploads]
+    inputs = [torch.from_numpy(preprocess_gray(g).tensor).reshape(1, 1, 28, 28) for g in grays]
+    n = len(uploads)
+
+    def forward(i: int) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            return [m.forward_module(inputs[i % n]) for m in ensemble.members]
+
+    stages = {
+        "decode (112 px PNG)": lambda i: decode_image(uploads[i % n], LIMITS),
+        "preprocess": lambda i: preprocess_gray(grays[i % n]),
+        f"forward, {len(ensemble.members)} members ({args.backend})": forward,
+        "predict (forward + calibrated mean)": lambda i: ensemble.predict(inputs[i % n]),
+    }
+    print(f"median ms of {args.repeats}, one thread, {n} distinct uploads")
+    for name, fn in stages.items():
+        print(f"| {name} | {median_ms(fn, args.repeats):.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
