@@ -18,8 +18,10 @@ on its first batches): one keep-alive client back to back (p50/p95/p99 after 20 
 requests), then 8 and 32 concurrent clients (req/s of all answers, p50/p95 of all answers,
 non-200 answers by status; `conn`: no HTTP answer). Every figure also as a ratio to the floor's
 from this run. Then the overload phase, ours only: `digits serve` restarted with
-DIGITS__PREDICT_TIMEOUT_SECONDS=0.5, 128 clients (one connection each) for 10 s on the PNGs:
-answers 200 / 503 / 504 / other, p95 of the 200s and of the 503s, req/s of the 200s.
+DIGITS__PREDICT_TIMEOUT_SECONDS=0.5, 128 clients (one connection each) for 10 s on the PNGs,
+twice: clients that wait out Retry-After, then a retry storm that does not; answers 200 / 503 /
+504 / other, p95 of the 200s and of the 503s, req/s of the 200s. The load generator is a raw
+HTTP/1.1 client on asyncio with each request encoded once (httpx spent ~1.5 ms of CPU a request).
 The tables go to stdout, ready for ops/BENCHMARKS.md; progress goes to stderr.
 
     ./dev run python ops/bench_read.py                      # all servers, sets and phases
@@ -39,6 +41,7 @@ import importlib.metadata
 import importlib.util
 import io
 import itertools
+import json
 import math
 import os
 import signal
@@ -54,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import IO
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -350,6 +354,7 @@ class Answer:
     status: int  # CONN_ERROR when no HTTP answer came
     ms: float
     shed: bool = False  # a 503 `{"code": "overloaded"}` with a Retry-After header
+    retry_after_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -384,43 +389,133 @@ def ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def answer_of(resp: httpx.Response, started: float) -> Answer:
+BOUNDARY = "benchreadboundary7d9"
+
+
+def encode_request(up: Upload, host: str) -> bytes:
+    """One keep-alive multipart POST, built once per upload: the load generator spends its CPU
+    on sending and parsing, not on re-encoding forms (httpx costs ~1.5 ms of CPU a request here,
+    more than the floor's whole answer, and shares the two cores with the servers)."""
+    name, data, ctype = up
+    body = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: {ctype}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    head = (
+        f"POST /v1/read HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def read_reply(reader: asyncio.StreamReader) -> Reply:
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("closed before an answer")
+    status = int(status_line.split()[1])
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        key, _, value = line.decode("latin-1").partition(":")
+        headers[key.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while size := int((await reader.readline()).split(b";")[0], 16):
+            body += await reader.readexactly(size + 2)
+        await reader.readline()
+        return Reply(status, headers, body)
+    return Reply(status, headers, await reader.readexactly(int(headers.get("content-length", 0))))
+
+
+def answer_of(reply: Reply, started: float) -> Answer:
     ms = ms_since(started)
-    if resp.status_code != 503 or "retry-after" not in resp.headers:
-        return Answer(resp.status_code, ms)
+    if reply.status != 503 or "retry-after" not in reply.headers:
+        return Answer(reply.status, ms)
     try:
-        body = resp.json()
+        body = json.loads(reply.body)
     except ValueError:
         return Answer(503, ms)
-    return Answer(503, ms, isinstance(body, dict) and body.get("code") == "overloaded")
-
-
-def post(client: httpx.Client, up: Upload) -> Answer:
-    started = time.perf_counter()
+    shed = isinstance(body, dict) and body.get("code") == "overloaded"
     try:
-        resp = client.post("/v1/read", files={"file": up})
-    except httpx.HTTPError:
-        return Answer(CONN_ERROR, ms_since(started))
-    return answer_of(resp, started)
+        retry_after_s = float(reply.headers["retry-after"])
+    except ValueError:
+        retry_after_s = 0.0
+    return Answer(503, ms, shed, retry_after_s)
 
 
-async def post_async(client: httpx.AsyncClient, up: Upload) -> Answer:
-    started = time.perf_counter()
+class Client:
+    """One keep-alive HTTP/1.1 connection, reopened after a close or an error."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlsplit(url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._conn is None:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._conn = reader, writer
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn[1].close()
+            self._conn = None
+
+    async def post(self, request: bytes) -> Answer:
+        started = time.perf_counter()
+        try:
+            reader, writer = await self._open()
+            writer.write(request)
+            reply = await asyncio.wait_for(read_reply(reader), REQUEST_TIMEOUT_S)
+        except (
+            OSError,
+            ConnectionError,
+            ValueError,
+            IndexError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+        ):
+            await self.close()
+            return Answer(CONN_ERROR, ms_since(started))
+        if reply.headers.get("connection", "").lower() == "close":
+            await self.close()
+        return answer_of(reply, started)
+
+
+def requests_for(url: str, uploads: list[Upload]) -> list[bytes]:
+    return [encode_request(up, urlsplit(url).netloc) for up in uploads]
+
+
+async def _sequential(url: str, uploads: list[Upload], n: int) -> Phase:
+    requests = requests_for(url, uploads)
+    client = Client(url)
     try:
-        resp = await client.post("/v1/read", files={"file": up})
-    except httpx.HTTPError:
-        return Answer(CONN_ERROR, ms_since(started))
-    return answer_of(resp, started)
+        for i in range(SEQUENTIAL_WARMUP):
+            await client.post(requests[i % len(requests)])
+        started = time.perf_counter()
+        answers = [await client.post(requests[i % len(requests)]) for i in range(n)]
+        return Phase(answers, time.perf_counter() - started)
+    finally:
+        await client.close()
 
 
 def sequential(url: str, uploads: list[Upload], n: int) -> Phase:
     """One keep-alive client back to back; the first SEQUENTIAL_WARMUP answers not kept."""
-    with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as client:
-        for i in range(SEQUENTIAL_WARMUP):
-            post(client, uploads[i % len(uploads)])
-        started = time.perf_counter()
-        answers = [post(client, uploads[i % len(uploads)]) for i in range(n)]
-    return Phase(answers, time.perf_counter() - started)
+    return asyncio.run(_sequential(url, uploads, n))
 
 
 async def load(
@@ -430,31 +525,33 @@ async def load(
     *,
     requests: int | None = None,
     seconds: float | None = None,
+    honour_retry_after: bool = False,
 ) -> Phase:
     """`clients` clients, one connection each, sharing `requests` requests; with `seconds`,
-    none starts a request after that long, and the in-flight ones are waited for. The clients
-    are made before the clock starts (each builds an SSL context: ~10 ms of CPU)."""
+    none starts a request after that long, and the in-flight ones are waited for. With
+    `honour_retry_after`, a client told 503 + Retry-After waits that long before its next."""
     answers: list[Answer] = []
     counter = iter(range(requests)) if requests is not None else itertools.count()
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    encoded = requests_for(url, uploads)
 
-    async def one_client(client: httpx.AsyncClient, stop_at: float) -> None:
-        for i in counter:
-            if time.perf_counter() >= stop_at:
-                return
-            answers.append(await post_async(client, uploads[i % len(uploads)]))
+    async def one_client(client: Client, stop_at: float) -> None:
+        try:
+            for i in counter:
+                if time.perf_counter() >= stop_at:
+                    return
+                answer = await client.post(encoded[i % len(encoded)])
+                answers.append(answer)
+                if honour_retry_after and answer.retry_after_s > 0:
+                    pause = min(answer.retry_after_s, stop_at - time.perf_counter())
+                    await asyncio.sleep(max(0.0, pause))
+        finally:
+            await client.close()
 
-    async with contextlib.AsyncExitStack() as stack:
-        pool = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits)
-            )
-            for _ in range(clients)
-        ]
-        started = time.perf_counter()
-        stop_at = started + seconds if seconds is not None else math.inf
-        await asyncio.gather(*(one_client(client, stop_at) for client in pool))
-        return Phase(answers, time.perf_counter() - started)
+    pool = [Client(url) for _ in range(clients)]
+    started = time.perf_counter()
+    stop_at = started + seconds if seconds is not None else math.inf
+    await asyncio.gather(*(one_client(client, stop_at) for client in pool))
+    return Phase(answers, time.perf_counter() - started)
 
 
 def warm_up(url: str, uploads: list[Upload]) -> None:
@@ -482,11 +579,18 @@ def run_servers(
     return results
 
 
-def overload(spec: ServerSpec, uploads: list[Upload], seconds: float) -> Phase:
+def overload(spec: ServerSpec, uploads: list[Upload], seconds: float) -> dict[str, Phase]:
+    """Two kinds of client: ones that wait out Retry-After (as a client should), and a retry
+    storm that sends its next request at once (the worst case)."""
+    phases = {}
     with running(spec) as url:
-        warm_up(url, uploads)
-        progress(f"overload: {OVERLOAD_CLIENTS} clients for {seconds:g} s")
-        return asyncio.run(load(url, uploads, OVERLOAD_CLIENTS, seconds=seconds))
+        for kind, honour in (("honour Retry-After", True), ("retry at once", False)):
+            warm_up(url, uploads)
+            progress(f"overload: {OVERLOAD_CLIENTS} clients for {seconds:g} s, {kind}")
+            phases[kind] = asyncio.run(
+                load(url, uploads, OVERLOAD_CLIENTS, seconds=seconds, honour_retry_after=honour)
+            )
+    return phases
 
 
 # --------------------------------------------------------------------------- report
@@ -576,11 +680,12 @@ def set_table(upload_set: UploadSet, results: dict[str, dict[str, Measured]]) ->
     return [*lines, ""]
 
 
-def overload_table(name: str, phase: Phase, seconds: float) -> list[str]:
+def overload_row(kind: str, phase: Phase) -> str:
     counts = phase.counts()
     shed = sum(a.shed for a in phase.answers)
     other = sorted((s, c) for s, c in counts.items() if s not in (200, 503, 504))
     cells = [
+        kind,
         str(counts[200]),
         f"{counts[503]} ({shed})",
         str(counts[504]),
@@ -589,14 +694,18 @@ def overload_table(name: str, phase: Phase, seconds: float) -> list[str]:
         fmt_ms(pct(phase.ms(503), 0.95)),
         fmt_rps(phase.rps(200)),
     ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def overload_table(name: str, phases: dict[str, Phase], seconds: float) -> list[str]:
     return [
         f"### Overload: {name}, DIGITS__PREDICT_TIMEOUT_SECONDS={OVERLOAD_PREDICT_TIMEOUT}, "
         f"{OVERLOAD_CLIENTS} clients for {seconds:g} s, {SET_TITLES['png']}",
         "",
-        "| 200 | 503 (of which `overloaded` + Retry-After) | 504 | other "
+        "| clients | 200 | 503 (of which `overloaded` + Retry-After) | 504 | other "
         "| p95 of 200s ms | p95 of 503s ms | 200s req/s |",
-        "|---|---|---|---|---|---|---|",
-        "| " + " | ".join(cells) + " |",
+        "|---|---|---|---|---|---|---|---|",
+        *(overload_row(kind, phase) for kind, phase in phases.items()),
         "",
     ]
 

@@ -281,8 +281,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "read_runs_on_the_event_loop",
         "reads",
         S + "api/admission.py",
-        "future = self._executor.submit(ctx.run, timed)",
-        "future = Future()\n            future.set_result(ctx.run(timed))",
+        "future = admission._executor.submit(ctx.run, timed)",
+        "future = admission._executor.submit(lambda done: done, ctx.run(timed))",
         "tests/test_read_promises.py",
     ),
     m(

@@ -121,6 +121,25 @@ def test_a_full_queue_answers_503_at_once(model_dir: Path, calls: Calls) -> None
         assert read(url).response.status_code == 200
 
 
+def test_a_refusal_comes_before_the_upload_is_read(model_dir: Path, calls: Calls) -> None:
+    with api(model_dir, DIGITS__READ_QUEUE="0") as url, ThreadPoolExecutor(1) as pool:
+        running = pool.submit(read, url)  # holds the only thread; nothing may wait
+        deadline = time.monotonic() + 10
+        while calls.count == 0:
+            assert time.monotonic() < deadline, "the first read never reached the model"
+            time.sleep(0.01)
+        with httpx.Client(timeout=10.0) as http:
+            # Not even a form: refused for capacity before anyone reads it, not 422.
+            garbage = http.post(
+                f"{url}/v1/read",
+                content=b"x" * 10_000,
+                headers={"content-type": "multipart/form-data; boundary=nothing"},
+            )
+        assert_error(garbage, 503, "overloaded")
+        assert garbage.headers["retry-after"] == "1"
+        assert running.result(timeout=30).response.status_code == 200
+
+
 def test_a_read_that_cannot_start_in_time_is_refused_not_timed_out(
     model_dir: Path, calls: Calls
 ) -> None:

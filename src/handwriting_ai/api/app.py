@@ -21,6 +21,7 @@ from handwriting_ai.api.errors import EXCEPTION_HANDLERS
 from handwriting_ai.api.health import active_models, healthz, package_version, readyz, version_info
 from handwriting_ai.api.read import FORM_PART_LIMIT, read
 from handwriting_ai.api.request_id import RequestIdMiddleware
+from handwriting_ai.api.shed import ShedReads
 from handwriting_ai.api.state import AppState, connect_redis
 from handwriting_ai.api.train import cancel_train, submit_train, train_events, train_status
 from handwriting_ai.contracts.events import TrainCompleted
@@ -179,5 +180,5 @@ def create_app(
     )
     state.install(app.state)
     # Wrapped outside the router so that 404/405 answers carry a request id too.
-    app.asgi_handler = RequestIdMiddleware(app.asgi_handler)
+    app.asgi_handler = RequestIdMiddleware(ShedReads(app.asgi_handler, state))
     return app

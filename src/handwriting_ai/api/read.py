@@ -10,6 +10,7 @@ from litestar.exceptions import ClientException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from multipart import ParserLimitReached  # type: ignore[import-untyped]
 
+from handwriting_ai.api.admission import Admitted
 from handwriting_ai.api.schemas import ReadResponse
 from handwriting_ai.api.security import require_api_key
 from handwriting_ai.api.state import AppState
@@ -20,7 +21,8 @@ from handwriting_ai.errors import (
     NotReadyError,
     TooLargeError,
 )
-from handwriting_ai.inference.read import read_digit
+from handwriting_ai.inference.engine import Ensemble
+from handwriting_ai.inference.read import Reading, read_digit
 from handwriting_ai.logging import get_logger
 from handwriting_ai.preprocessing import ImageLimits, PreprocessOptions
 from handwriting_ai.settings import DigitsSettings
@@ -78,18 +80,12 @@ async def _parse_form(request: Request[object, object, State]) -> tuple[UploadFi
     return upload, flags
 
 
-@post(
-    "/v1/read",
-    guards=[require_api_key],
-    status_code=200,
-    summary="Read the handwritten digit in a PNG or JPEG image",
-    responses={},
-)
-async def read(request: Request[object, object, State]) -> ReadResponse:
-    state = AppState.of(request.app.state)
-    ensemble = state.engine.ensemble
-    if ensemble is None:
-        raise NotReadyError("No model is loaded yet.")
+async def _read(
+    request: Request[object, object, State],
+    admitted: Admitted,
+    ensemble: Ensemble,
+    digits: DigitsSettings,
+) -> Reading:
     upload, form = await _parse_form(request)
     data = await upload.read()
     await upload.close()
@@ -97,8 +93,7 @@ async def read(request: Request[object, object, State]) -> ReadResponse:
     options = PreprocessOptions(
         invert=_flag(form, "invert"), center=True if center is None else center
     )
-    digits = state.settings.digits
-    reading = await state.read(
+    reading = await admitted.run(
         partial(
             read_digit,
             data,
@@ -110,8 +105,7 @@ async def read(request: Request[object, object, State]) -> ReadResponse:
             uncertain_threshold=digits.uncertain_threshold,
             visualize=bool(_flag(form, "visualize")),
             visualize_max_bytes=digits.visualize_max_kb * 1024,
-        ),
-        timeout_s=digits.predict_timeout_seconds,
+        )
     )
     pre = reading.preprocessed
     log.info(
@@ -127,6 +121,28 @@ async def read(request: Request[object, object, State]) -> ReadResponse:
         components_dropped=pre.components_dropped,
         lines_removed=pre.lines_removed,
     )
+    return reading
+
+
+@post(
+    "/v1/read",
+    guards=[require_api_key],
+    status_code=200,
+    summary="Read the handwritten digit in a PNG or JPEG image",
+    responses={},
+)
+async def read(request: Request[object, object, State]) -> ReadResponse:
+    state = AppState.of(request.app.state)
+    ensemble = state.engine.ensemble
+    if ensemble is None:
+        raise NotReadyError("No model is loaded yet.")
+    digits = state.settings.digits
+    # Admitted before the upload is parsed: under overload a refusal costs almost nothing.
+    admitted = state.admit_read(timeout_s=digits.predict_timeout_seconds)
+    try:
+        reading = await _read(request, admitted, ensemble, digits)
+    finally:
+        admitted.release()  # a no-op once the read was handed to a thread
     return ReadResponse(
         digit=reading.digit,
         confidence=reading.confidence,

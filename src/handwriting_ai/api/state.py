@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from handwriting_ai.api.admission import ReadAdmission
+from handwriting_ai.api.admission import Admitted, ReadAdmission
 from handwriting_ai.errors import PredictTimeoutError, QueueUnavailableError
 from handwriting_ai.inference.engine import EngineHolder
 from handwriting_ai.settings import Settings
@@ -64,11 +64,11 @@ class AppState:
     def install(self, state: State) -> None:
         state[_KEY] = self
 
-    async def read(self, fn: Callable[[], T], *, timeout_s: float) -> T:
-        """Run one read on the read threads (admission control: 503 `overloaded` when full)."""
+    def admit_read(self, *, timeout_s: float) -> Admitted:
+        """A place on the read threads, or 503 `overloaded` at once (admission control)."""
         if self.reads is None:
             raise RuntimeError("read threads not started")
-        return await self.reads.run(fn, timeout_s=timeout_s)
+        return self.reads.admit(timeout_s)
 
     async def run(self, fn: Callable[[], T], *, timeout_s: float) -> T:
         """Run admin work (disk, model loads) off the event loop, carrying the log context."""
