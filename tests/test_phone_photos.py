@@ -266,6 +266,17 @@ def test_an_absurd_shape_is_bad_dimensions(
 # --------------------------------------------------------------------------- (f) decoding
 
 
+def test_libjpeg_decodes_a_phone_photo_small_itself(
+    photos: list[tuple[int, bytes]], loads: list[tuple[int, int]]
+) -> None:
+    """Not decoded at full size and shrunk afterwards (the same picture, four times the work)."""
+    _, data = photos[0]
+    loads.clear()
+    decode_image(data, LIMITS)
+    assert loads
+    assert max(max(size) for size in loads) == PHONE[0] // 4, loads
+
+
 def test_a_phone_photo_is_decoded_at_reduced_size(photos: list[tuple[int, bytes]]) -> None:
     _, data = photos[0]
     gray = decode_image(data, LIMITS)
