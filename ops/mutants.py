@@ -563,6 +563,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "tests/test_percentiles.py",
     ),
     m(
+        "onnx_exports_at_once",
+        "reads",
+        S + "inference/onnx_backend.py",
+        "        _EXPORT_LOCK,\n",
+        "",
+        "tests/test_onnx_backend.py",
+    ),
+    m(
         "onnxruntime_backend_ignored",
         "reads",
         S + "inference/engine.py",

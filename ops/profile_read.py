@@ -6,12 +6,14 @@ the same uploads; the HTTP side (multipart parse, framework, response) is what
 checkout's code with `PYTHONPATH=/that/checkout/src` to compare before and after.
 
     python ops/profile_read.py [--backend onnxruntime|torch] [--repeats 1000]
+    python ops/profile_read.py --phone 30     # 12 MP phone photos: decode, preprocess, right?
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import io
 import statistics
 import sys
@@ -70,14 +72,46 @@ def load(backend: str) -> Ensemble:
     return ensemble
 
 
+def phone_photos(ensemble: Ensemble, count: int) -> None:
+    """12 MP photo-like JPEGs (every other one stored sideways) from make_realistic_set."""
+    spec = importlib.util.spec_from_file_location("realistic", ROOT / "ops/make_realistic_set.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit("cannot load ops/make_realistic_set.py")
+    realistic = importlib.util.module_from_spec(spec)
+    sys.modules["realistic"] = realistic
+    spec.loader.exec_module(realistic)
+    images, labels = realistic.load_mnist_test(MNIST.parent)
+    decode_ms, preprocess_ms, right, shape = [], [], 0, (0, 0)
+    for k, index in enumerate(range(100, 100 + count)):
+        rng = np.random.default_rng([11, index])
+        data = realistic.phone_photo(images[index], rng, quarter_turns=k % 2)
+        started = time.perf_counter()
+        gray = decode_image(data, LIMITS)
+        decoded = time.perf_counter()
+        pre = preprocess_gray(gray)
+        decode_ms.append((decoded - started) * 1000)
+        preprocess_ms.append((time.perf_counter() - decoded) * 1000)
+        probs = ensemble.predict(torch.from_numpy(pre.tensor).reshape(1, 1, 28, 28))
+        right += int(probs.argmax()) == int(labels[index])
+        shape = gray.shape
+    print(f"{count} phone photos, decoded at {shape[1]}x{shape[0]}:")
+    print(f"| decode | {statistics.median(decode_ms):.1f} |")
+    print(f"| preprocess | {statistics.median(preprocess_ms):.1f} |")
+    print(f"read right: {right} of {count}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--repeats", type=int, default=1000)
+    parser.add_argument("--phone", type=int, default=0, help="time this many 12 MP photos")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     ensemble = load(args.backend)
+    if args.phone:
+        phone_photos(ensemble, args.phone)
+        return 0
     uploads = pngs(100)
     grays = [decode_image(u, LIMITS) for u in uploads]
     inputs = [torch.from_numpy(preprocess_gray(g).tensor).reshape(1, 1, 28, 28) for g in grays]

@@ -88,3 +88,25 @@ def test_reads_run_on_the_configured_backend(
     # onnxruntime runs the exported graph: Python's forward never runs at read time.
     assert ran == (0 if backend == "onnxruntime" else 5)
     assert len({tuple(r.probs) for r in readings}) == 1
+
+
+def test_models_load_on_several_threads_at_once() -> None:
+    """Two reloads on the admin threads (or two apps in one process) export at the same time;
+    torch's exporter keeps process-wide state, so each must still get its runner."""
+    modules = [CountingNet() for _ in range(6)]
+    barrier = threading.Barrier(len(modules))
+    errors: list[BaseException] = []
+
+    def load(module: CountingNet) -> None:
+        barrier.wait(timeout=30)
+        try:
+            OnnxRunner(module)
+        except Exception as exc:  # noqa: BLE001 - every failure is the finding
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(m,)) for m in modules]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []

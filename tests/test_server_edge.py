@@ -26,7 +26,6 @@ from typing import Protocol
 
 import httpx
 import pytest
-import uvicorn
 from attrs import frozen
 from litestar import Litestar, Request, get, post
 from litestar.datastructures import State
@@ -36,7 +35,7 @@ from conftest import Serve
 from handwriting_ai.api.app import create_app
 from handwriting_ai.api.edge import EdgeProtocol
 from helpers import Artifact, assert_error, make_settings, png_bytes, post_read, seven
-from worker_support import base_env, serve_port, wait_until
+from worker_support import base_env, serve_app, serve_port, wait_until
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]
@@ -61,24 +60,11 @@ def serve_edge(
     `APP__HEADER_TIMEOUT_S`, `APP__BODY_TIMEOUT_S` and `APP__MAX_CONNECTIONS`; yields the port.
 
     The listening socket is made like uvicorn's `bind_socket` (proto 0), as `digits serve`'s."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, 0))
-    port: int = sock.getsockname()[1]
     protocol = EdgeProtocol.configure(
         header_timeout_s=header_s, body_timeout_s=body_s, max_connections=max_connections
     )
-    config = uvicorn.Config(app, log_level="warning", access_log=False, http=protocol)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, timeout_s=30, what="the API to start")
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serve_app(app, http=protocol) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ def serve_port(log: str) -> int | None:
 
 
 @contextmanager
-def serve_app(app: Litestar) -> Iterator[str]:
+def serve_app(app: Litestar, *, http: type[EdgeProtocol] = EdgeProtocol) -> Iterator[str]:
     """Serve an ASGI app with uvicorn (the service's edge protocol) in a thread on a port the
     kernel picks; yields its URL.
 
@@ -70,7 +70,7 @@ def serve_app(app: Litestar) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port: int = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, http=EdgeProtocol)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, http=http)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

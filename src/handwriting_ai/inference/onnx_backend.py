@@ -9,6 +9,7 @@ the manifests' accuracies and `DIGITS__BACKEND=torch` use it, and a test holds t
 from __future__ import annotations
 
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -22,9 +23,18 @@ Backend = Literal["onnxruntime", "torch"]
 _INPUT = "x"
 
 
+# torch's exporter keeps process-wide state (`GLOBALS.in_onnx_export`): two exports at once (two
+# reloads on the admin threads, two apps in one process) fail. One at a time.
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_onnx(module: nn.Module) -> bytes:
     """The eval-mode module as an ONNX graph with a dynamic batch axis (TTA sends 9 views)."""
-    with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp, warnings.catch_warnings():
+    with (
+        _EXPORT_LOCK,
+        tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp,
+        warnings.catch_warnings(),
+    ):
         path = Path(tmp) / "model.onnx"
         # The TorchScript exporter is deprecated in favour of the dynamo one, which needs
         # onnxscript and takes seconds; this one exports a plain CNN exactly, in ~0.2 s.
