@@ -41,18 +41,6 @@ class ReadAdmission:
         self._drain_s: float | None = None  # mean interval between completions under a queue
         self._last_done: float | None = None
 
-    @property
-    def admitted(self) -> int:
-        return self._admitted
-
-    @property
-    def waiting(self) -> int:
-        return max(0, self._admitted - self.threads)
-
-    @property
-    def mean_read_s(self) -> float:
-        return self._mean_s
-
     def refusal(self, timeout_s: float) -> OverloadedError | None:
         """Why a read arriving now would be refused, or None when it can be admitted."""
         with self._lock:
