@@ -95,14 +95,6 @@ class ReadAdmission:
             else:
                 self._mean_s, self._measured = seconds, True
 
-    async def run(self, fn: Callable[[], T], *, timeout_s: float) -> T:
-        """Admit and run one read (see `Admitted.run`)."""
-        admitted = self.admit(timeout_s)
-        try:
-            return await admitted.run(fn)
-        finally:
-            admitted.release()
-
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -13,12 +13,12 @@ And every connection sends without Nagle's delay (see `_no_delay`).
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from typing import Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from handwriting_ai.api.errors import error_json
 from handwriting_ai.logging import get_logger
 
 log = get_logger("handwriting_ai.edge")
@@ -26,7 +26,7 @@ Phase = Literal["headers", "body"]
 
 
 def _raw_response(status: str, code: str, message: str, retry_after_s: int | None = None) -> bytes:
-    body = json.dumps({"code": code, "message": message, "request_id": ""}).encode()
+    body = error_json(code, message)
     extra = f"retry-after: {retry_after_s}\r\n" if retry_after_s is not None else ""
     head = (
         f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from litestar import Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
@@ -44,6 +46,13 @@ def error_response(
         status_code=status,
         headers=None if retry_after_s is None else {"Retry-After": str(retry_after_s)},
     )
+
+
+def error_json(code: str, message: str, request_id: str = "") -> bytes:
+    """The error body for answers made below the framework (the edge, the read shed)."""
+    return json.dumps(
+        {"code": code, "message": readable(message), "request_id": request_id}
+    ).encode()
 
 
 def readable(message: str) -> str:

@@ -10,11 +10,10 @@ takes its place itself: this is a fast path, not the rule.
 
 from __future__ import annotations
 
-import json
-
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
+from handwriting_ai.api.errors import error_json
 from handwriting_ai.api.state import AppState
 from handwriting_ai.logging import get_logger
 
@@ -42,9 +41,7 @@ class ShedReads:
             return
         log.info("request_refused", code=refused.code, status=refused.status_code)
         request_id = str(scope.get("state", {}).get("request_id", ""))
-        body = json.dumps(
-            {"code": refused.code, "message": refused.message, "request_id": request_id}
-        ).encode()
+        body = error_json(refused.code, refused.message, request_id)
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": refused.status_code,
