@@ -13,6 +13,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 import stream_helpers
 from conftest import Serve
+from handwriting_ai.api.event_hub import EventHub
 from handwriting_ai.api.events_sse import event_stream
 from handwriting_ai.streams.keys import JOBS_STREAM, job_events_key
 from helpers import (
@@ -205,7 +206,7 @@ def test_status_unknown_then_reflects_updates(
     assert body["worker"] == "w-1"
     assert body["progress"] == {"epoch": 1, "batch": 3}
     assert set(body) == {
-        "request_id", "model_id", "user_id", "status", "attempts", "progress", "result",
+        "request_id", "model_id", "user_id", "status", "entry_id", "attempts", "progress", "result",
         "error_kind", "message", "created_at", "updated_at", "worker", "retry_at",
         "cancel_requested", "crashes", "failures",
     }  # fmt: skip
@@ -314,10 +315,13 @@ def test_sse_keeps_alive_and_ends_when_the_job_ended_without_a_final_event(redis
 
     async def collect() -> list[bytes]:
         client = AsyncRedis.from_url(redis_url, decode_responses=True)
+        hub = EventHub(client, max_streams=1)
+        await hub.start()
         try:
-            stream = event_stream(client, "job-1", keepalive_s=0.0, block_ms=50)
+            stream = event_stream(hub, "job-1", keepalive_s=0.05)
             return [chunk async for chunk in stream]
         finally:
+            await hub.stop()
             await client.aclose()
 
     chunks = asyncio.run(collect())
@@ -405,3 +409,90 @@ def test_a_full_queue_refuses_new_jobs_and_never_trims_one(
     assert [entry_id for entry_id, _ in xrange(redis_url, JOBS_STREAM)] == ids
     sync_redis(redis_url).xdel(JOBS_STREAM, str(ids[0]))  # workers trim what they acknowledged
     assert client.post("/v1/train", json={**JOB, "request_id": "job-3"}).status_code == 202
+
+
+# --------------------------------------------------------------------------- issue 12: job states
+
+
+def test_status_and_events_need_the_api_key_like_every_v1_route(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url, {"SECURITY__API_KEY": "s3cret"})
+    key = {"X-Api-Key": "s3cret"}
+    assert client.post("/v1/train", json=JOB, headers=key).status_code == 202
+    publish(redis_url, started("job-1"), completed("job-1"))
+    assert_error(client.get("/v1/train/job-1"), 401, "unauthorized")
+    assert_error(client.get("/v1/train/job-1/events"), 401, "unauthorized")
+    wrong = {"X-Api-Key": "nope"}
+    assert_error(client.get("/v1/train/job-1/events", headers=wrong), 401, "unauthorized")
+    assert client.get("/v1/train/job-1", headers=key).status_code == 200
+    events = client.get("/v1/train/job-1/events", headers=key)
+    assert [f.event for f in sse_frames(events.text)][-1] == "digits.train.completed.v1"
+
+
+def test_a_job_added_with_xadd_is_queued_from_the_moment_it_is_on_the_stream(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    r = sync_redis(redis_url)
+    # redis-cli XADD digits:train '*' model_id mnist_digitnet_v1 epochs 1 user_id 5
+    entry = str(
+        r.xadd(JOBS_STREAM, {"model_id": "mnist_digitnet_v1", "epochs": "1", "user_id": "5"})
+    )
+    body = _body(client.get(f"/v1/train/job-{entry}"))
+    assert (body["request_id"], body["status"], body["entry_id"]) == (
+        f"job-{entry}",
+        "queued",
+        entry,
+    )
+    assert (body["model_id"], body["user_id"], body["attempts"]) == ("mnist_digitnet_v1", 5, 0)
+    assert str(body["created_at"]).endswith("Z")
+    own = str(r.xadd(JOBS_STREAM, {"model_id": "mnist_digitnet_v1", "request_id": "mine-1"}))
+    mine = _body(client.get("/v1/train/mine-1"))
+    assert (mine["status"], mine["entry_id"]) == ("queued", own)
+    # Taken and acknowledged by a worker whose status has since expired: no longer a job.
+    r.xgroup_create(JOBS_STREAM, "digits-workers", id="0")
+    r.xreadgroup("digits-workers", "w-1", {JOBS_STREAM: ">"}, count=2)
+    assert _body(client.get("/v1/train/mine-1"))["status"] == "queued"  # pending: still to run
+    r.xack(JOBS_STREAM, "digits-workers", own)
+    assert_error(client.get("/v1/train/mine-1"), 404, "not_found")
+    assert_error(client.get("/v1/train/job-0-1"), 404, "not_found")
+
+
+def test_cancelling_a_job_added_with_xadd_ends_it_cancelled_for_everyone(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    r = sync_redis(redis_url)
+    entry = str(r.xadd(JOBS_STREAM, {"model_id": "mnist_digitnet_v1", "user_id": "5"}))
+    rid = f"job-{entry}"
+    response = client.post(f"/v1/train/{rid}/cancel")
+    assert response.status_code == 202, response.text
+    body = _body(response)
+    assert (body["status"], body["entry_id"], body["user_id"]) == ("cancelled", entry, 5)
+    assert _body(client.get(f"/v1/train/{rid}"))["status"] == "cancelled"
+    ((_, fields),) = xrange(redis_url, job_events_key(rid))
+    event = json.loads(fields["event"])
+    assert (event["type"], event["cancelled"], event["error_kind"], event["will_retry"]) == (
+        "digits.train.failed.v1",
+        True,
+        "user",
+        False,
+    )
+    frames = sse_frames(client.get(f"/v1/train/{rid}/events").text)
+    assert [json.loads(f.data)["cancelled"] for f in frames] == [True]
+    assert_error(client.post(f"/v1/train/{rid}/cancel"), 409, "conflict")
+
+
+def test_a_queued_job_cancelled_through_the_api_says_so_in_its_final_event(
+    serve: Serve, model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    client = _serve(serve, model_dir, redis_url)
+    client.post("/v1/train", json=JOB)
+    assert client.post("/v1/train/job-1/cancel").status_code == 202
+    ((_, fields),) = xrange(redis_url, job_events_key("job-1"))
+    assert json.loads(fields["event"])["cancelled"] is True
+    # A failure that is not a cancellation keeps `cancelled` false.
+    publish(redis_url, failed("job-2"))
+    ((_, other),) = xrange(redis_url, job_events_key("job-2"))
+    assert json.loads(other["event"])["cancelled"] is False

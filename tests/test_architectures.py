@@ -14,12 +14,12 @@ from attrs import frozen
 from torch import nn
 
 from conftest import Serve
-from handwriting_ai.api.read import limits_of
 from handwriting_ai.api.schemas import ReadResponse
 from handwriting_ai.contracts.converter import structure
 from handwriting_ai.data.synthetic import render_digits
 from handwriting_ai.models import create_model, list_models
 from handwriting_ai.preprocessing import decode_image, preprocess_gray
+from handwriting_ai.preprocessing.decode import limits_of
 from handwriting_ai.training.loop import normalise
 from helpers import json_of, make_settings, png_bytes, post_read, seven, state_of, write_artifact
 

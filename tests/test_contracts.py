@@ -218,6 +218,43 @@ def test_bad_json_bodies(body: object, message: str) -> None:
     assert caught.value.errors == [message]
 
 
+def test_json_numbers_are_typed_as_the_schema_says() -> None:
+    # JSON Schema's "integer" includes 5.0; Python's int() would also take "5", the schema not.
+    job = job_from_json({"model_id": "m", "epochs": 5.0, "lr": 1}, default_request_id="r")
+    assert (job.epochs, type(job.epochs), job.lr) == (5, int, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("field_name", "value", "expected"),
+    [
+        ("epochs", "5", "an integer"),
+        ("lr", "0.1", "a number"),
+        ("augment", "true", "a boolean (true/false)"),
+        ("augment", 1, "a boolean (true/false)"),
+        ("lr", False, "a number"),
+        ("notes", 3, "a string"),
+    ],
+)
+def test_json_strings_are_not_numbers_or_booleans(
+    field_name: str, value: object, expected: str
+) -> None:
+    # A stream field is always a string, so `job_from_fields` reads "5"; a JSON body has types.
+    with pytest.raises(ContractError) as caught:
+        job_from_json({"model_id": "m", field_name: value}, default_request_id="r")
+    assert caught.value.errors == [f"expected {expected}, got {value!r} @ $.{field_name}"]
+    assert job_from_fields({"model_id": "m", "epochs": "5"}, entry_id="1-0").epochs == 5
+
+
+def test_a_wrongly_typed_field_does_not_hide_the_other_errors() -> None:
+    with pytest.raises(ContractError) as caught:
+        job_from_json({"model_id": "m", "epochs": "5", "seed": -1, "x": 1}, default_request_id="r")
+    errors = caught.value.errors
+    assert errors[0] == "expected an integer, got '5' @ $.epochs"
+    assert any("$.seed" in e for e in errors)
+    assert any("$.x" in e for e in errors)
+    assert not any("$.epochs" in e for e in errors[1:])
+
+
 # --- dead letters -----------------------------------------------------------------------------
 
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import Serve
-from handwriting_ai.api.read import limits_of
 from handwriting_ai.api.schemas import ReadResponse
 from handwriting_ai.contracts.converter import structure
 from handwriting_ai.inference.calibration import calibrated_probs, ensemble_probs
 from handwriting_ai.preprocessing import decode_image, preprocess_gray
+from handwriting_ai.preprocessing.decode import limits_of
 from handwriting_ai.settings import Settings
 from helpers import (
     Artifact,

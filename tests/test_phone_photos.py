@@ -29,11 +29,11 @@ from litestar.testing import TestClient
 from PIL import Image, ImageFile
 
 from handwriting_ai.api.app import create_app
-from handwriting_ai.api.read import limits_of
 from handwriting_ai.api.schemas import ReadResponse
 from handwriting_ai.contracts.converter import structure
 from handwriting_ai.data.synthetic import render_digits
 from handwriting_ai.preprocessing import decode_image
+from handwriting_ai.preprocessing.decode import limits_of
 from handwriting_ai.settings import DigitsSettings, load_settings
 from helpers import U8, Client, assert_error, json_of, png_bytes, png_claiming, post_read
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
+import attrs
+import httpx
 import pytest
+from redis.asyncio import Redis as AsyncRedis
 
 import stream_helpers
 from handwriting_ai import cli, watch
+from handwriting_ai.api.app import create_app
+from handwriting_ai.contracts.events import TrainFailed
 from handwriting_ai.streams.keys import JOBS_GROUP, JOBS_STREAM
+from handwriting_ai.worker import Worker
+from helpers import Artifact, make_settings
 from redis_server import RedisServer
 from stream_helpers import (
     batch,
@@ -20,6 +30,19 @@ from stream_helpers import (
     set_status,
     started,
     sync_redis,
+)
+from tiny_mnist import write_tiny_mnist
+from worker_support import (
+    API_KEY,
+    TINY_MODEL_ID,
+    LiveApi,
+    event_types,
+    events,
+    serve_app,
+    wait_until_async,
+    worker_env,
+    worker_settings,
+    xadd,
 )
 
 redis_server = stream_helpers.redis_server
@@ -59,9 +82,14 @@ def test_watch_follows_live_and_fails(redis_url: str) -> None:
     assert text.endswith("failed (system): out of memory" + " " * 20 + "\n")
 
 
-def test_watch_cancelled_without_final_event_exits_1(redis_url: str) -> None:
+def test_watch_cancelled_without_final_event_exits_4(redis_url: str) -> None:
     set_status(redis_url, "job-3", {"status": "cancelled"})
-    assert _watch(redis_url, "job-3") == (1, "job ended: cancelled\n")
+    assert _watch(redis_url, "job-3") == (4, "job ended: cancelled\n")
+
+
+def test_watch_failed_without_final_event_exits_1(redis_url: str) -> None:
+    set_status(redis_url, "job-4", {"status": "dead"})
+    assert _watch(redis_url, "job-4") == (1, "job ended: dead\n")
 
 
 def test_watch_unknown_job_or_no_redis_exits_2(redis_url: str, redis_server: RedisServer) -> None:
@@ -120,3 +148,87 @@ def test_an_acknowledged_entry_whose_status_expired_is_unknown(redis_url: str) -
     assert (code, out.getvalue().splitlines()[0][:7]) == (3, "queued:")
     client.xack(JOBS_STREAM, JOBS_GROUP, entry)
     assert _watch(redis_url, f"job-{entry}") == (2, f"unknown job job-{entry}\n")
+
+
+# --------------------------------------------------------------------------- cancelled
+
+
+CANCELLED_LINE = "\rcancelled: cancelled by request" + " " * 20 + "\n"
+
+
+@pytest.fixture
+def api(model_dir: Path, seven_model: Artifact, redis_url: str) -> Iterator[LiveApi]:
+    """The real app on uvicorn with the queue: jobs are cancelled through it, and a worker
+    uploads to it."""
+    extra = {"REDIS_URL": redis_url, "SECURITY__API_KEY": API_KEY}
+    settings = make_settings(model_dir, [seven_model.model_id], extra)
+    with serve_app(create_app(settings)) as url:
+        yield LiveApi(url, model_dir)
+
+
+def _http(api: LiveApi) -> httpx.Client:
+    return httpx.Client(base_url=api.url, headers={"X-Api-Key": API_KEY}, timeout=30)
+
+
+def test_watch_a_job_cancelled_while_queued(redis_url: str, api: LiveApi) -> None:
+    with _http(api) as http:
+        job = {"request_id": "cq", "model_id": "mnist_digitnet_v1"}
+        assert http.post("/v1/train", json=job).status_code == 202
+        cancel = http.post("/v1/train/cq/cancel")
+        assert (cancel.status_code, cancel.json()["status"]) == (202, "cancelled")
+        # One added with `redis-cli XADD`, no status yet: cancelled the same way.
+        entry = xadd(sync_redis(redis_url), {"model_id": "mnist_digitnet_v1"})
+        by_hand = http.post(f"/v1/train/job-{entry}/cancel")
+        assert (by_hand.status_code, by_hand.json()["status"]) == (202, "cancelled")
+        assert http.get(f"/v1/train/job-{entry}").json()["status"] == "cancelled"
+    assert _watch(redis_url, "cq") == (watch.EXIT_CANCELLED, CANCELLED_LINE)
+    assert _watch(redis_url, f"job-{entry}") == (watch.EXIT_CANCELLED, CANCELLED_LINE)
+
+
+def test_a_cancelled_event_from_before_the_cancelled_field_is_still_a_cancellation(
+    redis_url: str,
+) -> None:
+    # An older API or worker wrote `failed (user)` without `cancelled`: the status decides.
+    set_status(redis_url, "old", {"status": "cancelled"})
+    old = attrs.evolve(failed("old"), error_kind="user", message="cancelled by request")
+    publish(redis_url, old)
+    assert _watch(redis_url, "old") == (4, CANCELLED_LINE)
+
+
+@pytest.mark.slow
+async def test_watch_a_job_cancelled_while_running(
+    tmp_path: Path, redis_url: str, api: LiveApi
+) -> None:
+    data_root = write_tiny_mnist(tmp_path / "data")
+    env = worker_env(redis_url, data_root, tmp_path, api, STREAMS__HEARTBEAT_INTERVAL_S="0.2")
+    connection = AsyncRedis.from_url(redis_url, decode_responses=True)
+    worker = Worker(worker_settings(env), connection)
+    running = asyncio.create_task(worker.run())
+    client = sync_redis(redis_url)
+    try:
+        async with httpx.AsyncClient(
+            base_url=api.url, headers={"X-Api-Key": API_KEY}, timeout=30
+        ) as http:
+            job = {"request_id": "cr", "model_id": TINY_MODEL_ID, "epochs": 300, "batch_size": 32}
+            assert (await http.post("/v1/train", json=job)).status_code == 202
+            watching = asyncio.create_task(asyncio.to_thread(_watch, redis_url, "cr"))
+            await wait_until_async(
+                lambda: "epoch" in event_types(client, "cr"), timeout_s=60, what="training"
+            )
+            cancel = await http.post("/v1/train/cr/cancel")
+            assert cancel.status_code == 202
+            assert (cancel.json()["status"], cancel.json()["cancel_requested"]) == ("running", True)
+            code, text = await asyncio.wait_for(watching, 30)
+            assert (await http.get("/v1/train/cr")).json()["status"] == "cancelled"
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+        await connection.aclose()
+    assert code == watch.EXIT_CANCELLED
+    assert text.startswith("started: mnist_digitnet_tiny_v1")
+    assert text.endswith(CANCELLED_LINE)
+    assert "failed" not in text
+    assert "completed" not in event_types(client, "cr")
+    last = events(client, "cr")[-1]  # what any follower sees: the worker's final event
+    assert isinstance(last, TrainFailed)
+    assert (last.cancelled, last.error_kind, last.will_retry) == (True, "user", False)

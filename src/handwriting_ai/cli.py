@@ -189,6 +189,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch_main(forwarded)
 
 
+def cmd_bot(args: argparse.Namespace) -> int:
+    from handwriting_ai.bot.main import run as run_bot
+    from handwriting_ai.supervisor.embedded_redis import redis_url_for
+    from handwriting_ai.supervisor.parent import watch_parent_from_env
+
+    watch_parent_from_env()  # under `digits up`: exit at once if it is gone
+    settings = _settings(args)
+    return run_bot(settings, redis_url_for(settings.redis_url, settings.app.data_root))
+
+
 def cmd_redis_cli(args: argparse.Namespace) -> int:
     from handwriting_ai.supervisor.embedded_redis import EmbeddedRedisError, find_redis_cli
 
@@ -200,6 +210,27 @@ def cmd_redis_cli(args: argparse.Namespace) -> int:
         return 2
     argv = [str(binary), "-u", url, *args.redis_args]
     os.execv(argv[0], argv)  # replaces this process: redis-cli's exit status is ours
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    """`<file>: <the bot's reply>` per file; a failed file gets the bot's error line on stderr."""
+    from handwriting_ai.bot.replies import error_reply, reading_reply
+    from handwriting_ai.client import Client, ServiceError
+
+    failed = 0
+    with Client.from_settings(_settings(args)) as client:
+        for path in args.files:
+            try:
+                reading = client.read(path, invert=args.invert, center=args.center)
+            except ServiceError as exc:
+                print(f"{path}: {error_reply(exc)}", file=sys.stderr)
+                failed += 1
+            except OSError as exc:
+                print(f"{path}: cannot read the file ({exc.strerror or exc})", file=sys.stderr)
+                failed += 1
+            else:
+                print(f"{path}: {reading_reply(reading)}", flush=True)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--timeout-s", type=float, default=0.0, help="0 = no limit")
     wa.set_defaults(func=cmd_watch)
 
+    b = sub.add_parser(
+        "bot",
+        help="run the Discord bot (/read, /train with a live progress message)",
+        description="Needs the bot extra (pip install -e '.[bot]') and BOT__TOKEN; finds the API "
+        "by HANDWRITING_API_URL / HANDWRITING_API_KEY and Redis by REDIS_URL or the embedded one "
+        "of `digits up`.",
+    )
+    b.set_defaults(func=cmd_bot)
+
     rc = sub.add_parser(
         "redis-cli",
         help="redis-cli against REDIS_URL or the embedded Redis of `digits up`",
@@ -270,6 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rc.add_argument("redis_args", nargs=argparse.REMAINDER, help="redis-cli arguments")
     rc.set_defaults(func=cmd_redis_cli)
+
+    rd = sub.add_parser(
+        "read",
+        help="read the digit in each image through the API (HANDWRITING_API_URL)",
+        description="Prints `FILE: Digit: 7 (98.7%% confidence). Top-3: ...` per file, as the "
+        "bot replies; exit 0 when every file was read, 1 if any failed.",
+    )
+    rd.add_argument("files", nargs="+", type=Path, metavar="FILE", help="PNG or JPEG images")
+    rd.add_argument(
+        "--invert", action=argparse.BooleanOptionalAction, default=None, help="default: detect"
+    )
+    rd.add_argument(
+        "--center", action=argparse.BooleanOptionalAction, default=None, help="default: on"
+    )
+    rd.set_defaults(func=cmd_read)
     return parser
 
 

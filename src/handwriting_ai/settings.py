@@ -120,6 +120,10 @@ class EventsSettings:
     enabled: bool = True
     batch_every: int = 10
     maxlen: int = 10_000
+    # Open SSE streams per API process; beyond them `GET /v1/train/{id}/events` answers 503
+    # `overloaded`. Each costs a little memory and a status check a second, no Redis connection.
+    max_streams: int = 1000
+    keepalive_s: float = 15.0  # a comment on an idle SSE stream, so proxies keep it open
 
 
 def _seconds_list(value: object) -> tuple[float, ...]:
@@ -174,12 +178,26 @@ converter.register_structure_hook(
 
 
 @frozen
+class BotSettings:
+    """`digits bot`, the Discord bot; without a token there is no bot (`digits up` starts none)."""
+
+    token: str = ""
+    name: str = "digits"  # its Redis keys: `digits:bot:<name>:*` (cursor, tracked messages)
+    guild_id: int = 0  # 0: commands registered globally; a server id: there, at once
+    edit_interval_s: float = 1.5
+    train_per_user: int = 2
+    train_window_s: float = 3600.0
+    train_model_id: str = "mnist_digitnet_v1"
+
+
+@frozen
 class Settings:
     app: AppSettings = AppSettings()
     digits: DigitsSettings = DigitsSettings()
     security: SecuritySettings = SecuritySettings()
     events: EventsSettings = EventsSettings()
     streams: StreamsSettings = StreamsSettings()
+    bot: BotSettings = BotSettings()
     redis_url: str | None = None
     handwriting_api_url: str = "http://127.0.0.1:8081"
     handwriting_api_key: str = ""
@@ -189,7 +207,7 @@ class Settings:
         return self.digits.model_dir or self.app.data_root / "models"
 
 
-_SECTIONS = ("app", "digits", "security", "events", "streams")
+_SECTIONS = ("app", "digits", "security", "events", "streams", "bot")
 _FLAT = ("redis_url", "handwriting_api_url", "handwriting_api_key")
 
 
@@ -268,6 +286,25 @@ def cross_checks(settings: Settings) -> list[str]:
             f" STREAMS__HEARTBEAT_INTERVAL_S ({streams.heartbeat_interval_s:g} s), so that a live"
             f" worker keeps its job; got {streams.claim_min_idle_s:g}"
         )
+    problems += _bot_checks(settings.bot)
+    return problems
+
+
+_BOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _bot_checks(bot: BotSettings) -> list[str]:
+    problems: list[str] = []
+    if bot.edit_interval_s <= 0:
+        problems.append("BOT__EDIT_INTERVAL_S: must be above 0")
+    if bot.train_per_user < 0:
+        problems.append("BOT__TRAIN_PER_USER: must be 0 (no limit) or more")
+    if bot.train_window_s <= 0:
+        problems.append("BOT__TRAIN_WINDOW_S: must be above 0")
+    if bot.guild_id < 0:
+        problems.append("BOT__GUILD_ID: must be a server id, or 0 for none")
+    if not _BOT_NAME.match(bot.name):
+        problems.append(f"BOT__NAME: 1 to 64 letters, digits, '_' '.' '-', got {bot.name!r}")
     return problems
 
 

@@ -64,6 +64,11 @@ MEANINGS: dict[str, str] = {
     "EVENTS__ENABLED": "`false` stops batch and epoch progress events (lifecycle events stay)",
     "EVENTS__BATCH_EVERY": "a batch event every N batches; 0: none",
     "EVENTS__MAXLEN": "`digits:events` is trimmed with `XADD … MAXLEN ~` to about this length",
+    "EVENTS__MAX_STREAMS": (
+        "open SSE streams (`/v1/train/{id}/events`) per API process; beyond them 503"
+        " `overloaded` with `Retry-After` (other routes are not affected)"
+    ),
+    "EVENTS__KEEPALIVE_S": "a `: keep-alive` comment after this many idle seconds on an SSE stream",
     "STREAMS__RESULT_TTL_S": "how long a finished job's status and events are kept",
     "STREAMS__FAILURE_TTL_S": "how long a failed or dead job's status and events are kept",
     "STREAMS__RETRY_MAX": "retries of a system failure (timeout, training error, upload past the "
@@ -85,6 +90,17 @@ MEANINGS: dict[str, str] = {
     "`MINID`, never pending ones",
     "STREAMS__SHUTDOWN_GRACE_S": "on SIGTERM a worker lets its running job finish this long, "
     "then leaves it pending",
+    "BOT__TOKEN": "the Discord bot's token (developer portal → Bot); empty: no bot, and "
+    "`digits up` starts none",
+    "BOT__NAME": "the bot's Redis namespace (`digits:bot:<name>:*`: its `digits:events` cursor "
+    "and the progress messages it edits); two bots on one Redis need two names",
+    "BOT__GUILD_ID": "a server id: `/read` and `/train` are registered there at once; 0: "
+    "globally (Discord may take up to an hour to show them)",
+    "BOT__EDIT_INTERVAL_S": "at most one edit of a progress message per this many seconds; "
+    "the latest state wins, the final one is always shown",
+    "BOT__TRAIN_PER_USER": "`/train` jobs one user may start per window; 0: no limit",
+    "BOT__TRAIN_WINDOW_S": "the window of `BOT__TRAIN_PER_USER`, in seconds",
+    "BOT__TRAIN_MODEL_ID": "the model `/train` trains (its arch is named in the id)",
     "REDIS_URL": "Redis for jobs and events; empty: `/v1/train` answers 503 (`digits up` "
     "starts an embedded one instead)",
     "HANDWRITING_API_URL": "where workers upload artifacts",

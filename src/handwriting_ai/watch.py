@@ -1,7 +1,8 @@
 """`digits watch REQUEST_ID`: follow one training job's events in the terminal until it ends.
 
 Reads the job's own event stream from its first event, then live. Exit status: 0 completed,
-1 failed / dead / cancelled, 2 unknown job or Redis unreachable, 3 `--timeout-s` passed.
+1 failed / dead, 2 unknown job or Redis unreachable, 3 `--timeout-s` passed, 4 cancelled (by
+`POST /v1/train/{id}/cancel`, queued or running: the last line reads `cancelled: ...`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+import attrs
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -30,7 +32,7 @@ from handwriting_ai.streams.follow import follow_job, job_known, queued_entry
 from handwriting_ai.streams.status import read_status
 from handwriting_ai.training.progress import overall_fraction, progress_bar
 
-EXIT_COMPLETED, EXIT_FAILED, EXIT_UNKNOWN, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_COMPLETED, EXIT_FAILED, EXIT_UNKNOWN, EXIT_TIMEOUT, EXIT_CANCELLED = 0, 1, 2, 3, 4
 _CLEAR = " " * 20  # wipes the tail of a longer bar line when a shorter line replaces it
 
 
@@ -55,6 +57,8 @@ def render(event: TrainEvent) -> str:
         return f"uploaded: HTTP {event.status}, model {event.model_bytes} bytes\n"
     if isinstance(event, TrainCompleted):
         return f"\rcompleted: version {event.version}  val_acc {event.val_acc:.4f}{_CLEAR}\n"
+    if isinstance(event, TrainFailed) and event.cancelled:
+        return f"\rcancelled: {event.message}{_CLEAR}\n"
     if isinstance(event, TrainFailed):
         retry = " (will retry)" if event.will_retry else ""
         return f"\rfailed ({event.error_kind}): {event.message}{retry}{_CLEAR}\n"
@@ -87,17 +91,32 @@ async def watch(redis: Redis, request_id: str, out: TextIO) -> int:
     async for entry in follow_job(redis, request_id):
         if entry is None or entry.event is None:
             continue
-        out.write(render(entry.event))
+        event = entry.event
+        if entry.final and isinstance(event, TrainFailed) and not event.cancelled:
+            event = await _cancelled_by_status(redis, event)
+        out.write(render(event))
         out.flush()
-        if isinstance(entry.event, TrainCompleted):
+        if isinstance(event, TrainCompleted):
             return EXIT_COMPLETED
-        if isinstance(entry.event, TrainFailed) and not entry.event.will_retry:
-            return EXIT_FAILED
+        if isinstance(event, TrainFailed) and not event.will_retry:
+            return EXIT_CANCELLED if event.cancelled else EXIT_FAILED
     # The stream ended without a final event: the job's status says how it ended.
     status = await read_status(redis, request_id)
     final = "gone" if status is None else status.status
     out.write(f"job ended: {final}\n")
-    return EXIT_COMPLETED if final == "completed" else EXIT_FAILED
+    return _EXIT_BY_STATUS.get(final, EXIT_FAILED)
+
+
+_EXIT_BY_STATUS = {"completed": EXIT_COMPLETED, "cancelled": EXIT_CANCELLED}
+
+
+async def _cancelled_by_status(redis: Redis, event: TrainFailed) -> TrainFailed:
+    """A final failure whose job's status says `cancelled` is a cancellation, even when its
+    event predates the `cancelled` field (written by an older API or worker)."""
+    status = await read_status(redis, event.request_id)
+    if status is None or status.status != "cancelled":
+        return event
+    return attrs.evolve(event, cancelled=True)
 
 
 async def _main(request_id: str, url: str, timeout_s: float | None, out: TextIO) -> int:

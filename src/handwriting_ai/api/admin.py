@@ -10,13 +10,18 @@ from litestar import Request, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State, UploadFile
 from litestar.exceptions import ClientException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers.base import BaseRouteHandler
+from multipart import ParserLimitReached  # type: ignore[import-untyped]
 
+from handwriting_ai.api.openapi import UPLOAD_FORM, documented
 from handwriting_ai.api.security import key_matches
 from handwriting_ai.api.state import AppState
 from handwriting_ai.errors import (
     ForbiddenError,
+    InvalidArtifactError,
     MalformedFormError,
+    PredictTimeoutError,
     TooLargeError,
     UnauthorizedError,
 )
@@ -68,6 +73,7 @@ def require_upload_key(
     "/v1/admin/ping",
     guards=[require_upload_key],
     summary="200 when X-Api-Key is the upload key (workers check theirs at start); else 401/403",
+    **documented(UnauthorizedError, ForbiddenError),
 )
 async def admin_ping() -> dict[str, bool]:
     return {"ok": True}
@@ -79,6 +85,15 @@ async def admin_ping() -> dict[str, bool]:
     guards=[require_upload_key],
     request_max_body_size=MAX_UPLOAD_BYTES,
     summary="Upload a trained model (model.pt, manifest.json, metrics.json); API key required",
+    **documented(
+        InvalidArtifactError,
+        UnauthorizedError,
+        ForbiddenError,
+        TooLargeError,
+        MalformedFormError,
+        PredictTimeoutError,
+        body=UPLOAD_FORM,
+    ),
 )
 async def upload_model(request: Request[object, object, State]) -> UploadResponse:
     state = AppState.of(request.app.state)
@@ -86,7 +101,14 @@ async def upload_model(request: Request[object, object, State]) -> UploadRespons
         raise MalformedFormError("Expected multipart/form-data.")
     try:
         raw_form = await request.form()
+    except RequestEntityTooLarge:
+        # A ClientException too: caught first, or a body over the limit answered 422.
+        raise TooLargeError(
+            f"The body is over {MAX_UPLOAD_BYTES} bytes, the limit for an upload."
+        ) from None
     except ClientException as exc:
+        if isinstance(exc.__context__, ParserLimitReached):  # more parts than the form allows
+            raise TooLargeError(f"Multipart body over the limits: {exc.detail}") from None
         raise MalformedFormError(f"Malformed multipart body: {exc.detail}") from None
     form: dict[str, UploadFile | str] = {
         k: v for k, v in raw_form.items() if isinstance(v, UploadFile | str)

@@ -15,9 +15,11 @@ from litestar.openapi import OpenAPIConfig
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from handwriting_ai.api import openapi
 from handwriting_ai.api.admin import admin_ping, upload_model
 from handwriting_ai.api.admission import ReadAdmission
 from handwriting_ai.api.errors import EXCEPTION_HANDLERS
+from handwriting_ai.api.event_hub import EventHub
 from handwriting_ai.api.health import active_models, healthz, package_version, readyz, version_info
 from handwriting_ai.api.read import FORM_PART_LIMIT, read
 from handwriting_ai.api.request_id import RequestIdMiddleware
@@ -129,6 +131,9 @@ def create_app(
         own_redis = redis is None and settings.redis_url is not None
         if own_redis and settings.redis_url is not None:
             state.redis = connect_redis(settings.redis_url)
+        if state.redis is not None:
+            state.events = EventHub(state.redis, max_streams=settings.events.max_streams)
+            await state.events.start()
         tasks: list[asyncio.Task[None]] = []
         try:
             if engine is None:  # an engine passed in is served as given: no model dir is read
@@ -149,6 +154,9 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if state.events is not None:
+                await state.events.stop()
+                state.events = None
             if own_redis and state.redis is not None:
                 await state.redis.aclose()
                 state.redis = None
@@ -175,7 +183,12 @@ def create_app(
         request_max_body_size=int(settings.digits.max_image_mb * 1024 * 1024)
         + _FORM_OVERHEAD_BYTES,
         multipart_form_part_limit=FORM_PART_LIMIT,
-        openapi_config=OpenAPIConfig(title="handwriting-ai", version=package_version()),
+        openapi_config=OpenAPIConfig(
+            title="handwriting-ai",
+            version=package_version(),
+            description=openapi.DESCRIPTION,
+            components=openapi.components(),
+        ),
         logging_config=None,
     )
     state.install(app.state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from litestar import Request, Response
 from litestar.datastructures import State
@@ -39,12 +40,16 @@ def error_response(
     message: str,
     *,
     retry_after_s: int | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response[dict[str, str]]:
     request_id = str(request.scope.get("state", {}).get("request_id", ""))
+    sent = dict(headers or {})
+    if retry_after_s is not None:
+        sent["Retry-After"] = str(retry_after_s)
     return Response(
         {"code": code, "message": readable(message), "request_id": request_id},
         status_code=status,
-        headers=None if retry_after_s is None else {"Retry-After": str(retry_after_s)},
+        headers=sent or None,
     )
 
 
@@ -84,7 +89,9 @@ def _http_error(
         log.error("http_error", status=status, detail=exc.detail)
         return error_response(request, 500, "internal_error", "Internal error.")
     message = exc.detail if isinstance(exc.detail, str) and exc.detail else "Request refused."
-    return error_response(request, status, _CODES_BY_STATUS.get(status, "invalid_request"), message)
+    # The router's 405 names the allowed methods in `Allow` (RFC 9110): keep its headers.
+    code = _CODES_BY_STATUS.get(status, "invalid_request")
+    return error_response(request, status, code, message, headers=exc.headers)
 
 
 def _unexpected(

@@ -1,19 +1,27 @@
-"""Server-Sent Events framing of a job's events, and the body generator behind the SSE route."""
+"""Server-Sent Events framing of a job's events, and the body generator behind the SSE route.
+
+The events come from the process's `EventHub` (one Redis reader for every open stream). The body
+opens with a `: connected` comment, sends a `: keep-alive` comment after `keepalive_s` without an
+event (proxies close idle connections), and ends after the job's final event. When it cannot go
+on (Redis failed, the client fell too far behind, the API stops) it ends with a comment saying so:
+the client reconnects with `Last-Event-ID` and gets exactly what it has not seen.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from handwriting_ai.api.event_hub import EventHub, StreamDroppedError, StreamSlot
 from handwriting_ai.logging import get_logger
-from handwriting_ai.streams.follow import JobEntry, follow_job
+from handwriting_ai.streams.follow import JobEntry
 
 log = get_logger("handwriting_ai.train")
 KEEPALIVE_S = 15.0
-BLOCK_MS = 1000
+STATUS_CHECK_S = 1.0  # how often an idle stream asks whether its job ended without a final event
+RESUME = "reconnect with Last-Event-ID"
 
 
 def sse_frame(entry: JobEntry) -> bytes:
@@ -27,25 +35,33 @@ def sse_comment(text: str) -> bytes:
 
 
 async def event_stream(
-    redis: Redis,
+    hub: EventHub,
     request_id: str,
     *,
     after_id: str = "0-0",
     keepalive_s: float = KEEPALIVE_S,
-    block_ms: int = BLOCK_MS,
+    slot: StreamSlot | None = None,
 ) -> AsyncIterator[bytes]:
-    """Frames until the job's final event; a comment every `keepalive_s` while idle so proxies
-    keep the connection. A Redis error ends the stream; the client resumes with Last-Event-ID."""
-    yield sse_comment("connected")
-    quiet_since = time.monotonic()
+    """Frames until the job's final event, keep-alive comments while idle; `slot` (the stream's
+    place under `EVENTS__MAX_STREAMS`) is released however the stream ends."""
     try:
-        async for entry in follow_job(redis, request_id, after_id=after_id, block_ms=block_ms):
-            if entry is not None:
-                quiet_since = time.monotonic()
-                yield sse_frame(entry)
-            elif time.monotonic() - quiet_since >= keepalive_s:
-                quiet_since = time.monotonic()
-                yield sse_comment("keep-alive")
-    except RedisError as exc:
-        log.warning("sse_redis_error", request_id=request_id, error=str(exc))
-        yield sse_comment("redis unavailable; reconnect with Last-Event-ID")
+        yield sse_comment("connected")
+        quiet_since = time.monotonic()
+        idle_s = min(STATUS_CHECK_S, keepalive_s) if keepalive_s > 0 else STATUS_CHECK_S
+        try:
+            async for entry in hub.follow_job(request_id, after_id=after_id, idle_s=idle_s):
+                if entry is not None:
+                    quiet_since = time.monotonic()
+                    yield sse_frame(entry)
+                elif time.monotonic() - quiet_since >= keepalive_s:
+                    quiet_since = time.monotonic()
+                    yield sse_comment("keep-alive")
+        except RedisError as exc:
+            log.warning("sse_redis_error", request_id=request_id, error=str(exc))
+            yield sse_comment(f"redis unavailable; {RESUME}")
+        except StreamDroppedError as exc:
+            log.info("sse_dropped", request_id=request_id, reason=str(exc))
+            yield sse_comment(f"{exc}; {RESUME}")
+    finally:
+        if slot is not None:
+            slot.release()

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 
+from handwriting_ai.api.openapi import documented
 from handwriting_ai.api.schemas import (
     ActiveModels,
     MemberInfo,
@@ -19,6 +21,7 @@ from handwriting_ai.api.schemas import (
 )
 from handwriting_ai.api.security import require_api_key
 from handwriting_ai.api.state import AppState
+from handwriting_ai.errors import PredictTimeoutError, UnauthorizedError
 from handwriting_ai.inference.manifest import SCHEMA_VERSION
 from handwriting_ai.inference.store import (
     MANIFEST_FILE,
@@ -77,7 +80,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="Ready when at least one model is loaded")
+@get(
+    "/readyz",
+    summary="Ready when at least one model is loaded",
+    **documented(responses={503: ResponseSpec(Readiness, description="No model is loaded yet.")}),
+)
 async def readyz(request: Request[object, object, State]) -> Response[Readiness]:
     state = AppState.of(request.app.state)
     ensemble = state.engine.ensemble
@@ -96,7 +103,12 @@ async def version_info(request: Request[object, object, State]) -> VersionInfo:
     return VersionInfo("handwriting-ai", package_version(), app.build, app.commit)
 
 
-@get("/v1/models/active", guards=[require_api_key], summary="The ensemble being served")
+@get(
+    "/v1/models/active",
+    guards=[require_api_key],
+    summary="The ensemble being served",
+    **documented(UnauthorizedError, PredictTimeoutError),
+)
 async def active_models(request: Request[object, object, State]) -> ActiveModels:
     state = AppState.of(request.app.state)
     ensemble = state.engine.ensemble

@@ -11,34 +11,34 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from multipart import ParserLimitReached  # type: ignore[import-untyped]
 
 from handwriting_ai.api.admission import Admitted
+from handwriting_ai.api.openapi import READ_FORM, documented
 from handwriting_ai.api.schemas import ReadResponse
 from handwriting_ai.api.security import require_api_key
 from handwriting_ai.api.state import AppState
 from handwriting_ai.contracts.converter import parse_bool
 from handwriting_ai.errors import (
+    BadDimensionsError,
+    InvalidImageError,
     InvalidRequestError,
     MalformedFormError,
     NotReadyError,
+    OverloadedError,
+    PredictTimeoutError,
+    PreprocessingFailedError,
     TooLargeError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
 )
 from handwriting_ai.inference.engine import Ensemble
 from handwriting_ai.inference.read import Reading, read_digit
 from handwriting_ai.logging import get_logger
-from handwriting_ai.preprocessing import ImageLimits, PreprocessOptions
+from handwriting_ai.preprocessing import PreprocessOptions
+from handwriting_ai.preprocessing.decode import limits_of
 from handwriting_ai.settings import DigitsSettings
 
 log = get_logger("handwriting_ai.read")
 _FLAGS = ("invert", "center", "visualize")
 FORM_PART_LIMIT = 16  # file, three flags and room to spare
-
-
-def limits_of(digits: DigitsSettings) -> ImageLimits:
-    return ImageLimits(
-        max_bytes=int(digits.max_image_mb * 1024 * 1024),
-        max_side_px=digits.max_image_side_px,
-        max_pixels=digits.max_image_pixels,
-        max_aspect=digits.max_image_aspect,
-    )
 
 
 def _flag(form: dict[str, str], name: str) -> bool | None:
@@ -129,7 +129,20 @@ async def _read(
     guards=[require_api_key],
     status_code=200,
     summary="Read the handwritten digit in a PNG or JPEG image",
-    responses={},
+    **documented(
+        InvalidImageError,
+        BadDimensionsError,
+        PreprocessingFailedError,
+        InvalidRequestError,
+        UnauthorizedError,
+        TooLargeError,
+        UnsupportedMediaTypeError,
+        MalformedFormError,
+        OverloadedError,
+        NotReadyError,
+        PredictTimeoutError,
+        body=READ_FORM,
+    ),
 )
 async def read(request: Request[object, object, State]) -> ReadResponse:
     state = AppState.of(request.app.state)

@@ -10,11 +10,12 @@ from typing import TypeVar
 
 from attrs import define
 from litestar.datastructures import State
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from handwriting_ai.api.admission import Admitted, ReadAdmission
+from handwriting_ai.api.event_hub import EventHub
 from handwriting_ai.errors import PredictTimeoutError, QueueUnavailableError
 from handwriting_ai.inference.engine import EngineHolder
 from handwriting_ai.settings import Settings
@@ -24,18 +25,27 @@ _KEY = "handwriting_ai"
 # Short, so that a dead Redis answers 503 quickly; blocking reads block for less than this.
 REDIS_SOCKET_TIMEOUT_S = 5.0
 REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_MAX_CONNECTIONS = 100  # per API process; all SSE streams together use at most 16 (+ 1 reader)
 
 
 def connect_redis(url: str) -> Redis:
-    """The API's client: str replies, short timeouts, no backoff (a dead Redis fails fast)."""
-    return Redis.from_url(
+    """The API's client: str replies, short timeouts, no backoff (a dead Redis fails fast).
+
+    A blocking pool: when every connection is busy (Redis slow for a moment, a burst of
+    requests), a call waits up to `REDIS_SOCKET_TIMEOUT_S` for one to come back, where redis-py's
+    default pool fails at once ("Too many connections") and the route answers 503.
+    """
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_SOCKET_TIMEOUT_S,
         decode_responses=True,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         retry=Retry(NoBackoff(), 1),  # one immediate retry: a pooled socket may be stale
         health_check_interval=30,
     )
+    return Redis.from_pool(pool)  # the client owns the pool: `aclose()` closes it
 
 
 @define
@@ -47,12 +57,19 @@ class AppState:
     # model load never makes a read wait.
     admin: ThreadPoolExecutor | None = None
     redis: Redis | None = None
+    events: EventHub | None = None  # the one Redis reader behind every SSE stream
 
     def queue(self) -> Redis:
         """The Redis client, or 503 `queue_unavailable` when none is configured."""
         if self.redis is None:
             raise QueueUnavailableError("The training queue is not configured (set REDIS_URL).")
         return self.redis
+
+    def event_hub(self) -> EventHub:
+        """The SSE hub, or 503 `queue_unavailable` when there is no Redis to read."""
+        if self.events is None:
+            raise QueueUnavailableError("The training queue is not configured (set REDIS_URL).")
+        return self.events
 
     @staticmethod
     def of(state: State) -> AppState:

@@ -160,6 +160,13 @@ class TrainFailed(_Event):
     will_retry: bool = field(
         default=False, metadata=doc("True when the job will be delivered again after this.")
     )
+    cancelled: bool = field(
+        default=False,
+        metadata=doc(
+            "True when the job ended because it was cancelled by request (`error_kind` is then"
+            " `user`, `will_retry` false): a follower tells a cancellation from a failure."
+        ),
+    )
 
 
 TrainEvent = (

@@ -122,7 +122,59 @@ def job_from_json(obj: object, *, default_request_id: str) -> TrainJob:
     data: dict[str, object] = {str(k): v for k, v in obj.items()}
     if data.get("request_id") is None:  # JSON clients send null for "none"
         data["request_id"] = default_request_id
-    return _parse(data)
+    # JSON has types, and the published schema says which: `"5"` for `epochs` is refused here,
+    # though a stream field (always a string) reads it. `5.0` is an integer, as in JSON Schema.
+    errors: dict[str, str] = {}
+    for name, value in data.items():
+        typed = _json_typed(value, _JSON_TYPES.get(name))
+        if typed is _WRONG:
+            errors[name] = (
+                f"expected {_JSON_TYPE_NAMES[_JSON_TYPES[name]]}, got {value!r} @ $.{name}"
+            )
+        else:
+            data[name] = typed
+    if not errors:
+        return _parse(data)
+    try:
+        _parse({k: (_PLACEHOLDER[k] if k in errors else v) for k, v in data.items()})
+    except ContractError as exc:
+        raise ContractError(list(errors.values()) + exc.errors) from None
+    raise ContractError(list(errors.values()))
+
+
+_FIELDS = attrs.fields(attrs.resolve_types(TrainJob))
+_JSON_TYPES: dict[str, type] = {
+    a.name: a.type for a in _FIELDS if a.type in (int, float, bool, str)
+}
+_JSON_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean (true/false)",
+    str: "a string",
+}
+# Stand-ins for wrongly typed fields, so that the rest is still checked and reported at once (the
+# two required fields are strings; "x" passes their patterns).
+_PLACEHOLDER: dict[str, object] = {
+    a.name: "x" if a.default is attrs.NOTHING else a.default for a in _FIELDS
+}
+_WRONG = object()
+
+
+def _json_typed(value: object, kind: type | None) -> object:
+    """`value` as `kind` when JSON Schema calls it one, else `_WRONG`; no `kind`: unchanged."""
+    if kind is None:
+        return value
+    if kind is bool:
+        return value if isinstance(value, bool) else _WRONG
+    if isinstance(value, bool):
+        return _WRONG  # Python's bool is an int; JSON's is not
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) else _WRONG
+    if kind is float:
+        return value if isinstance(value, int | float) else _WRONG
+    return value if isinstance(value, str) else _WRONG
 
 
 def job_to_fields(job: TrainJob) -> dict[str, str]:

@@ -3,7 +3,9 @@
 The classes in `jobs.py` and `events.py` are the source of truth; the files are generated, never
 edited, and a test fails when they drift. The mapper below knows the few types messages use
 (str, int, float, bool, Literal, `X | None`, lists, nested attrs classes) and refuses others, so
-an unsupported field fails loudly here instead of being published wrong.
+an unsupported field fails loudly here instead of being published wrong. `typescript_gen` renders
+the same schemas as TypeScript types and zod schemas (`streams/typescript/`); `main` writes and
+checks both.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Literal
 
 import attrs
 
+from handwriting_ai.contracts import typescript_gen
 from handwriting_ai.contracts.events import EVENT_CLASSES
 from handwriting_ai.contracts.fields import JSON, Doc, field_doc, flat_value, range_text
 from handwriting_ai.contracts.jobs import JOB_TYPE, DeadLetter, TrainJob
@@ -322,28 +325,44 @@ def render_all() -> dict[str, str]:
     return dict(sorted(rendered.items()))
 
 
-def _stale(root: Path, rendered: dict[str, str]) -> list[str]:
+# A family of generated files: what renders them, and the folder and glob of their leftovers.
+Family = tuple[dict[str, str], str, str]
+
+
+def _families() -> list[Family]:
+    return [
+        (render_all(), SCHEMAS_DIR, "*.json"),
+        (typescript_gen.render(schema_files()), typescript_gen.TS_DIR, "*.ts"),
+    ]
+
+
+def _stale(root: Path, rendered: dict[str, str], folder: str, glob: str) -> list[str]:
     """Generated-looking files nothing renders any more (a removed message type)."""
-    folder = root / SCHEMAS_DIR
-    found = sorted(p.relative_to(root).as_posix() for p in folder.glob("*.json"))
+    found = sorted(p.relative_to(root).as_posix() for p in (root / folder).glob(glob))
     return [path for path in found if path not in rendered]
 
 
-def drifted(root: Path) -> list[str]:
-    """Files under `root` that differ from `render_all()`, are missing, or are stale."""
-    rendered = render_all()
+def _drift(root: Path, rendered: dict[str, str], folder: str, glob: str) -> list[str]:
     changed = [
         path
         for path, text in rendered.items()
         if not (root / path).is_file() or (root / path).read_text() != text
     ]
-    return sorted(changed + _stale(root, rendered))
+    return sorted(changed + _stale(root, rendered, folder, glob))
 
 
-def write_all(root: Path) -> list[Path]:
-    """Write every file under `root` (and remove stale schemas); returns the paths written."""
-    rendered = render_all()
-    for path in _stale(root, rendered):
+def drifted(root: Path) -> list[str]:
+    """JSON files under `root` that differ from `render_all()`, are missing, or are stale."""
+    return _drift(root, render_all(), SCHEMAS_DIR, "*.json")
+
+
+def drifted_all(root: Path) -> list[str]:
+    """`drifted`, and the same for the TypeScript files."""
+    return sorted(path for family in _families() for path in _drift(root, *family))
+
+
+def _write(root: Path, rendered: dict[str, str], folder: str, glob: str) -> list[Path]:
+    for path in _stale(root, rendered, folder, glob):
         (root / path).unlink()
     written = []
     for path, text in rendered.items():
@@ -354,6 +373,11 @@ def write_all(root: Path) -> list[Path]:
     return written
 
 
+def write_all(root: Path) -> list[Path]:
+    """Write every JSON file under `root` (and remove stale schemas); returns the paths written."""
+    return _write(root, render_all(), SCHEMAS_DIR, "*.json")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`digits schemas [--check] [--dir streams]`: regenerate, or exit 1 naming drifted files."""
     parser = argparse.ArgumentParser(prog="digits schemas", description=main.__doc__)
@@ -361,15 +385,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=Path("streams"), help="default: streams")
     args = parser.parse_args(argv)
     root: Path = args.dir
+    families = _families()
     if args.check:
-        stale = drifted(root)
+        stale = drifted_all(root)
         for path in stale:
             print(f"drifted: {root / path}", file=sys.stderr)
         if stale:
             print("regenerate with: digits schemas", file=sys.stderr)
             return 1
-        print(f"{root}: {len(render_all())} files up to date")
+        print(f"{root}: {sum(len(f[0]) for f in families)} files up to date")
         return 0
-    written = write_all(root)
+    written = [path for family in families for path in _write(root, *family)]
     print(f"{root}: wrote {len(written)} files")
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +23,9 @@ from handwriting_ai.errors import (
     TooLargeError,
     UnsupportedMediaTypeError,
 )
+
+if TYPE_CHECKING:
+    from handwriting_ai.settings import DigitsSettings
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -100,31 +105,56 @@ def check_media_type(data: bytes, content_type: str | None) -> str:
     )
 
 
-def decode_image(
+def limits_of(digits: DigitsSettings) -> ImageLimits:
+    """The service's limits (`DIGITS__MAX_IMAGE_*`): the API's, and the bot's before it uploads."""
+    return ImageLimits(
+        max_bytes=int(digits.max_image_mb * 1024 * 1024),
+        max_side_px=digits.max_image_side_px,
+        max_pixels=digits.max_image_pixels,
+        max_aspect=digits.max_image_aspect,
+    )
+
+
+def open_checked(
     data: bytes, limits: ImageLimits, content_type: str | None = None
-) -> npt.NDArray[np.uint8]:
-    """Return the upright image as uint8 grayscale, transparent areas composited onto white."""
+) -> tuple[str, Image.Image]:
+    """The format and the opened image once every limit is met; no pixel is decoded here."""
     if len(data) > limits.max_bytes:
         raise TooLargeError(f"File exceeds {limits.max_bytes / (1024 * 1024):.3g} MB limit.")
     fmt = check_media_type(data, content_type)
     try:
         # Our own pixel limit runs before `load()` and sits far below Pillow's bomb limit.
-        image = Image.open(io.BytesIO(data), formats=[fmt])
-        width, height = image.size
-        if width * height > limits.max_pixels:
-            raise TooLargeError(
-                f"Image has {width * height} pixels (limit {limits.max_pixels}): "
-                "refused as a possible decompression bomb."
-            )
-        if max(width, height) > limits.max_side_px:
-            raise BadDimensionsError(
-                f"Image is {width}x{height}; each side must be at most {limits.max_side_px} px."
-            )
-        if max(width, height) > limits.max_aspect * min(width, height):
-            raise BadDimensionsError(
-                f"Image is {width}x{height}; the long side may be at most"
-                f" {limits.max_aspect:g} times the short side."
-            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        raise TooLargeError(f"Image refused as a decompression bomb: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImageError(f"Failed to decode image: {exc}") from None
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise TooLargeError(
+            f"Image has {width * height} pixels (limit {limits.max_pixels}): "
+            "refused as a possible decompression bomb."
+        )
+    if max(width, height) > limits.max_side_px:
+        raise BadDimensionsError(
+            f"Image is {width}x{height}; each side must be at most {limits.max_side_px} px."
+        )
+    if max(width, height) > limits.max_aspect * min(width, height):
+        raise BadDimensionsError(
+            f"Image is {width}x{height}; the long side may be at most"
+            f" {limits.max_aspect:g} times the short side."
+        )
+    return fmt, image
+
+
+def decode_image(
+    data: bytes, limits: ImageLimits, content_type: str | None = None
+) -> npt.NDArray[np.uint8]:
+    """Return the upright image as uint8 grayscale, transparent areas composited onto white."""
+    fmt, image = open_checked(data, limits, content_type)
+    try:
         if fmt == "JPEG":
             _draft_jpeg(image)
         image.load()

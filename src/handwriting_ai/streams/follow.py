@@ -53,20 +53,39 @@ def entries_of(raw: object) -> list[Entry]:
     return out
 
 
-def xread_entries(reply: object) -> list[Entry]:
-    """All entries of an XREAD reply (one or more streams), in reply order; nil → none."""
+def xread_streams(reply: object) -> list[tuple[str, list[Entry]]]:
+    """Each stream of an XREAD reply with its entries, in reply order; nil → none."""
     if reply is None:
         return []
     if isinstance(reply, dict):
-        return [e for entries in reply.values() for e in entries_of(_resp3_entries(entries))]
+        return [(_text(k), entries_of(_resp3_entries(v))) for k, v in reply.items()]
     if not isinstance(reply, list | tuple):
         raise ValueError(f"unexpected XREAD reply: {reply!r}")
-    out: list[Entry] = []
+    out: list[tuple[str, list[Entry]]] = []
     for stream in reply:
         if not isinstance(stream, list | tuple) or len(stream) != 2:
             raise ValueError(f"unexpected XREAD stream: {stream!r}")
-        out.extend(entries_of(stream[1]))
+        out.append((_text(stream[0]), entries_of(stream[1])))
     return out
+
+
+def xread_entries(reply: object) -> list[Entry]:
+    """All entries of an XREAD reply (one or more streams), in reply order; nil → none."""
+    return [entry for _, entries in xread_streams(reply) for entry in entries]
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair: `"10-2" < "9-5"` as text, not as ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def entries_after(
+    redis: Redis, key: str, after_id: str, *, upto_id: str = "+", count: int | None = None
+) -> list[Entry]:
+    """`XRANGE key (after_id upto_id`: what follows `after_id` (exclusive ranges: Redis 6.2+);
+    never blocks, so it may run on a pooled connection."""
+    return entries_of(await redis.xrange(key, f"({after_id}", upto_id, count=count))
 
 
 def _resp3_entries(raw: object) -> object:
@@ -105,6 +124,11 @@ class JobEntry:
     document: str
     event: TrainEvent | None
 
+    @property
+    def final(self) -> bool:
+        """No further event follows for this job."""
+        return self.event is not None and is_final(self.event)
+
 
 def job_entry(entry_id: str, fields: dict[str, str]) -> JobEntry:
     try:
@@ -123,29 +147,46 @@ async def job_known(redis: Redis, request_id: str) -> bool:
 QUEUED_SCAN_COUNT = 1000
 
 
-async def queued_entry(redis: Redis, request_id: str) -> str | None:
-    """The id of the job's entry in `digits:train` while no worker has taken it yet (a job added
-    with `redis-cli XADD` has no status until then). `job-<entry id>` is looked up directly; a
+@frozen
+class QueuedJob:
+    """A job's entry in `digits:train` that no worker has taken yet, with its raw fields."""
+
+    entry_id: str
+    fields: dict[str, str]
+
+
+async def queued_job(redis: Redis, request_id: str) -> QueuedJob | None:
+    """The job's entry in `digits:train` while no worker has taken it yet (a job added with
+    `redis-cli XADD` has no status until then). `job-<entry id>` is looked up directly; a
     request_id of the job's own is searched for among the newest `QUEUED_SCAN_COUNT` entries."""
     derived = request_id.removeprefix("job-")
-    entry_id: str | None = None
+    found: Entry | None = None
     if derived != request_id and STREAM_ID.match(derived):
-        found = entries_of(await redis.xrange(JOBS_STREAM, derived, derived))
-        if found and "request_id" not in found[0][1]:
-            entry_id = found[0][0]
-    if entry_id is None:
+        direct = entries_of(await redis.xrange(JOBS_STREAM, derived, derived))
+        if direct and "request_id" not in direct[0][1]:
+            found = direct[0]
+    if found is None:
         newest = entries_of(await redis.xrevrange(JOBS_STREAM, count=QUEUED_SCAN_COUNT))
-        entry_id = next((e for e, f in newest if f.get("request_id") == request_id), None)
+        found = next((e for e in newest if e[1].get("request_id") == request_id), None)
     # Acknowledged entries stay in the stream until trimmed: only an undelivered or a pending
     # one is a job that is still to run.
-    if entry_id is None or not await _undelivered_or_pending(redis, entry_id):
+    if found is None or not await _undelivered_or_pending(redis, found[0]):
         return None
-    return entry_id
+    return QueuedJob(found[0], found[1])
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+async def queued_entry(redis: Redis, request_id: str) -> str | None:
+    """The entry id of `queued_job`, or None."""
+    queued = await queued_job(redis, request_id)
+    return None if queued is None else queued.entry_id
+
+
+async def job_over(redis: Redis, request_id: str) -> bool:
+    """The job's status is final, or it has none and is not waiting in `digits:train` either."""
+    status = await read_status(redis, request_id)
+    if status is not None:
+        return status.final
+    return await queued_entry(redis, request_id) is None
 
 
 async def _undelivered_or_pending(redis: Redis, entry_id: str) -> bool:
@@ -161,7 +202,7 @@ async def _undelivered_or_pending(redis: Redis, entry_id: str) -> bool:
         ),
         None,
     )
-    if last is None or _id_key(entry_id) > _id_key(last):
+    if last is None or id_key(entry_id) > id_key(last):
         return True
     pending: object = await redis.xpending_range(JOBS_STREAM, JOBS_GROUP, entry_id, entry_id, 1)
     return isinstance(pending, list) and len(pending) > 0
@@ -180,8 +221,7 @@ async def follow_job(
     key = job_events_key(request_id)
     async for item in follow(redis, key, after_id=after_id, block_ms=block_ms):
         if item is None:
-            status = await read_status(redis, request_id)
-            idle_final = idle_final + 1 if status is None or status.final else 0
+            idle_final = idle_final + 1 if await job_over(redis, request_id) else 0
             if idle_final >= 2:
                 return
             yield None
@@ -189,5 +229,5 @@ async def follow_job(
         idle_final = 0
         entry = job_entry(*item)
         yield entry
-        if entry.event is not None and is_final(entry.event):
+        if entry.final:
             return

@@ -110,10 +110,28 @@ def child_environment(
     return env
 
 
+def bot_wanted(settings: Settings) -> bool:
+    """The Discord bot runs only with a token: without one it could not log in."""
+    return bool(settings.bot.token)
+
+
+def bot_api_key(settings: Settings) -> str | None:
+    """The key the bot sends to `/v1/*` (`SECURITY__API_KEY`, maybe empty); None: no bot."""
+    return settings.security.api_key if bot_wanted(settings) else None
+
+
 def child_specs(
-    env: Mapping[str, str], *, host: str, port: int, workers: int, api_fd: int | None = None
+    env: Mapping[str, str],
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    api_fd: int | None = None,
+    bot_api_key: str | None = None,
 ) -> list[ChildSpec]:
-    """The API (on `host:port`, or on the listening socket `api_fd` when given), then workers."""
+    """The API (on `host:port`, or on the listening socket `api_fd` when given), then workers,
+    then the Discord bot unless `bot_api_key` is None (no `BOT__TOKEN`). The bot is a client of
+    `/v1/*`: it sends the API key (`SECURITY__API_KEY`), never the workers' upload key."""
     where = ("--host", host, "--port", str(port)) if api_fd is None else ("--fd", str(api_fd))
     api = ChildSpec(
         "api",
@@ -124,9 +142,15 @@ def child_specs(
     )
     worker_argv = (sys.executable, "-m", "handwriting_ai.worker")
     # Workers stop first: a job that finishes within the grace period still uploads to the API.
+    bot_argv = (sys.executable, "-m", "handwriting_ai.cli", "bot")
     return [
         api,
         *(ChildSpec(f"worker-{i}", worker_argv, env, stop_wave=1) for i in range(1, workers + 1)),
+        *(
+            [ChildSpec("bot", bot_argv, {**env, "HANDWRITING_API_KEY": bot_api_key}, stop_wave=1)]
+            if bot_api_key is not None
+            else []
+        ),
     ]
 
 
@@ -305,7 +329,14 @@ def _up(
             os.environ, redis_url=redis_url, api_url=api_url, upload_key=upload_key, config=config
         )
         supervisor = Supervisor(
-            child_specs(env, host=host, port=port, workers=workers, api_fd=api_fd),
+            child_specs(
+                env,
+                host=host,
+                port=port,
+                workers=workers,
+                api_fd=api_fd,
+                bot_api_key=bot_api_key(settings),
+            ),
             stop_timeout_s=settings.streams.shutdown_grace_s + STOP_MARGIN_S,
             guard=guard,
         )
@@ -315,6 +346,8 @@ def _up(
             supervisor.hooks.append(RedisWatch(redis, supervisor))
         _say(f"Redis: {redis_note}")
         _say(f"API: {api_url} ({workers} worker{'s' if workers != 1 else ''})")
+        bot_note = "started (BOT__TOKEN)" if bot_wanted(settings) else "none (no BOT__TOKEN)"
+        _say(f"Discord bot: {bot_note}")
         if key_file is not None:
             _say(f"upload key (workers -> /v1/admin/models/upload): generated, in {key_file}")
         else:

@@ -138,7 +138,14 @@ def _end(ref: JobRef, status: Mapping[str, str], ttl_s: int, now: str) -> list[C
 
 
 def _failed(
-    ref: JobRef, kind: ErrorKind, message: str, attempt: int, now: str, *, will_retry: bool
+    ref: JobRef,
+    kind: ErrorKind,
+    message: str,
+    attempt: int,
+    now: str,
+    *,
+    will_retry: bool,
+    cancelled: bool = False,
 ) -> TrainFailed:
     return TrainFailed(
         request_id=ref.request_id,
@@ -149,6 +156,7 @@ def _failed(
         message=message,
         attempt=max(1, attempt),
         will_retry=will_retry,
+        cancelled=cancelled,
     )
 
 
@@ -287,7 +295,7 @@ def dead(
 
 
 def cancelled(ref: JobRef, *, attempt: int, limits: Limits, now: str) -> Transition:
-    event = _failed(ref, "user", CANCELLED_MESSAGE, attempt, now, will_retry=False)
+    event = _failed(ref, "user", CANCELLED_MESSAGE, attempt, now, will_retry=False, cancelled=True)
     final = {"status": "cancelled", "error_kind": "user", "message": CANCELLED_MESSAGE}
     commands = [*_events((event,), limits), *_end(ref, final, limits.failure_ttl_s, now)]
     return Transition("cancelled", tuple(commands), (event,))
