@@ -107,6 +107,10 @@ def test_redis_cli_and_watch_find_the_embedded_server(tmp_path: Path) -> None:
         entry = added.stdout.strip()
         client = redis.Redis(port=server.port, decode_responses=True)
         assert [e_id for e_id, _ in client.xrange(JOBS_STREAM) or []] == [entry]
+        # redis-cli's own options pass through (the RUNBOOK's health-key scan).
+        client.set("digits:worker:w1:health", "ok")
+        scan = _digits(data_root, "redis-cli", "--scan", "--pattern", "digits:worker:*:health")
+        assert (scan.returncode, scan.stdout.split()) == (0, ["digits:worker:w1:health"]), scan
         client.close()
         unknown = _digits(data_root, "watch", "no-such-job", "--timeout-s", "5")
         assert unknown.returncode == 2  # reached Redis, which does not know the job

@@ -29,7 +29,13 @@ from handwriting_ai.contracts.schema_gen import (
     type_schema,
     write_all,
 )
-from handwriting_ai.streams.keys import DEAD_STREAM, EVENTS_STREAM, JOBS_GROUP, JOBS_STREAM
+from handwriting_ai.streams.keys import (
+    DEAD_STREAM,
+    EVENTS_STREAM,
+    JOBS_GROUP,
+    JOBS_STREAM,
+    job_events_key,
+)
 from redis_server import (
     RedisServer,
     binary_version,
@@ -116,12 +122,15 @@ def test_job_json_schema_matches_the_json_form() -> None:
     assert not body.is_valid({"model_id": "bad id"})
 
 
-def test_asyncapi_document_names_both_streams_and_every_message() -> None:
+def test_asyncapi_document_names_every_stream_and_every_message() -> None:
     document = json.loads(render_all()["asyncapi.json"])
     assert document["asyncapi"] == "3.0.0"
     addresses = {c["address"]: c for c in document["channels"].values()}
-    assert set(addresses) == {JOBS_STREAM, EVENTS_STREAM, DEAD_STREAM}
+    job_events = job_events_key("{request_id}")
+    assert set(addresses) == {JOBS_STREAM, EVENTS_STREAM, DEAD_STREAM, job_events}
     assert set(addresses[EVENTS_STREAM]["messages"]) == set(EVENT_CLASSES)
+    assert set(addresses[job_events]["messages"]) == set(EVENT_CLASSES)
+    assert set(addresses[job_events]["parameters"]) == {"request_id"}
     assert set(addresses[JOBS_STREAM]["messages"]) == {"digits.train.v1"}
     assert JOBS_GROUP in document["operations"]["consumeJob"]["summary"]
 

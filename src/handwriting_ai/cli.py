@@ -328,8 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_redis_cli(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """`digits [global options] redis-cli ARGS…`: ARGS are redis-cli's, options included
+    (`--scan --pattern …`), which argparse would otherwise claim as ours and refuse."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--config" else 1  # our one global option that takes a value
+    if i < len(argv) and argv[i] == "redis-cli":
+        return argv[: i + 1], argv[i + 1 :]
+    return argv, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    ours, redis_args = _split_redis_cli(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(ours)
+    if redis_args is not None:
+        args.redis_args = redis_args
     code: int = args.func(args)
     return code
 

@@ -35,7 +35,7 @@ MEANINGS: dict[str, str] = {
     "APP__LOG_LEVEL": "`debug`, `info`, `warning` or `error`",
     "APP__LOG_FORMAT": "`json` (one object a line) or `console` for people",
     "APP__BUILD": "shown by `/version` and `/readyz`",
-    "APP__COMMIT": "shown by `/version` and `/readyz`",
+    "APP__COMMIT": "shown by `/version`",
     "DIGITS__MODEL_DIR": "served model folders; empty: `<APP__DATA_ROOT>/models`",
     "DIGITS__ACTIVE_MODEL": "comma-separated model ids served as one ensemble",
     "DIGITS__TTA_PROFILE": "`none` or `strong` (9 views in one batch)",

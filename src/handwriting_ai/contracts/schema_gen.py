@@ -22,10 +22,11 @@ from typing import Literal
 import attrs
 
 from handwriting_ai.contracts import typescript_gen
+from handwriting_ai.contracts.asyncapi_gen import asyncapi_document
 from handwriting_ai.contracts.events import EVENT_CLASSES
 from handwriting_ai.contracts.fields import JSON, Doc, field_doc, flat_value, range_text
 from handwriting_ai.contracts.jobs import JOB_TYPE, DeadLetter, TrainJob
-from handwriting_ai.streams.keys import DEAD_STREAM, EVENTS_STREAM, JOBS_GROUP, JOBS_STREAM
+from handwriting_ai.streams.keys import DEAD_STREAM, JOBS_STREAM
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMAS_DIR = "schemas"
@@ -197,123 +198,6 @@ def schema_files() -> dict[str, dict[str, JSON]]:
     return files
 
 
-def _ref(path: str) -> dict[str, JSON]:
-    return {"$ref": path}
-
-
-def _event_entry(kind: str) -> dict[str, JSON]:
-    return {
-        "type": "object",
-        "required": ["type", "event"],
-        "properties": {
-            "type": {"type": "string", "const": kind},
-            "event": {
-                "type": "string",
-                "description": "The whole event as one JSON document.",
-                "contentMediaType": "application/json",
-                "contentSchema": _ref(f"./{SCHEMAS_DIR}/{kind}.json"),
-            },
-        },
-    }
-
-
-def _message(name: str, summary: str, payload: dict[str, JSON]) -> dict[str, JSON]:
-    return {"name": name, "title": name, "summary": summary, "payload": payload}
-
-
-def asyncapi_document() -> dict[str, JSON]:
-    """The streams, their messages and who sends or receives what, as AsyncAPI 3.0."""
-    messages: dict[str, JSON] = {
-        JOB_TYPE: _message(
-            JOB_TYPE,
-            _summary(TrainJob),
-            _ref(f"./{SCHEMAS_DIR}/{JOB_TYPE}.fields.json"),
-        ),
-        "digits.train.dead": _message(
-            "digits.train.dead",
-            _summary(DeadLetter),
-            _ref(f"./{SCHEMAS_DIR}/digits.train.dead.fields.json"),
-        ),
-    }
-    for kind, cls in EVENT_CLASSES.items():
-        messages[kind] = _message(kind, _summary(cls), _event_entry(kind))
-
-    def channel_messages(names: Sequence[str]) -> dict[str, JSON]:
-        return {n: _ref(f"#/components/messages/{n}") for n in names}
-
-    def operation(action: str, channel: str, names: Sequence[str], summary: str) -> JSON:
-        refs: list[JSON] = [_ref(f"#/channels/{channel}/messages/{n}") for n in names]
-        return {
-            "action": action,
-            "channel": _ref(f"#/channels/{channel}"),
-            "summary": summary,
-            "messages": refs,
-        }
-
-    events = list(EVENT_CLASSES)
-    group = f"consumer group {JOBS_GROUP}"
-    return {
-        "asyncapi": "3.0.0",
-        "info": {
-            "title": "handwriting-ai streams",
-            "version": "1.0.0",
-            "description": "Training jobs, their events and dead letters on Redis Streams. "
-            "Generated from handwriting_ai.contracts; see streams/README.md.",
-        },
-        "defaultContentType": "application/json",
-        "servers": {
-            "redis": {
-                "host": "localhost:6379",
-                "protocol": "redis",
-                "description": "The Redis named by REDIS_URL.",
-            }
-        },
-        "channels": {
-            "jobs": {
-                "address": JOBS_STREAM,
-                "title": "Training jobs",
-                "description": f"Read by workers in the {group}; an entry is acknowledged "
-                "once its result is stored.",
-                "messages": channel_messages([JOB_TYPE]),
-            },
-            "events": {
-                "address": EVENTS_STREAM,
-                "title": "Training events",
-                "description": "Progress and outcome of every job, in order, for any reader.",
-                "messages": channel_messages(events),
-            },
-            "deadLetters": {
-                "address": DEAD_STREAM,
-                "title": "Dead letters",
-                "description": "Job entries that will not run: malformed, or delivered too often.",
-                "messages": channel_messages(["digits.train.dead"]),
-            },
-        },
-        "operations": {
-            "enqueueJob": operation(
-                "send", "jobs", [JOB_TYPE], f"XADD {JOBS_STREAM} * model_id ... (API, redis-cli)"
-            ),
-            "consumeJob": operation(
-                "receive",
-                "jobs",
-                [JOB_TYPE],
-                f"XREADGROUP GROUP {JOBS_GROUP} <consumer> STREAMS {JOBS_STREAM} > ; XAUTOCLAIM "
-                "takes over entries of a worker that died; XACK after the result is stored.",
-            ),
-            "publishEvent": operation(
-                "send", "events", events, f"XADD {EVENTS_STREAM} * (workers)"
-            ),
-            "followEvents": operation(
-                "receive", "events", events, f"XREAD BLOCK 0 STREAMS {EVENTS_STREAM} $ (bot, API)"
-            ),
-            "deadLetterJob": operation(
-                "send", "deadLetters", ["digits.train.dead"], f"XADD {DEAD_STREAM} * (workers)"
-            ),
-        },
-        "components": {"messages": messages},
-    }
-
-
 def _dump(document: JSON) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -321,7 +205,7 @@ def _dump(document: JSON) -> str:
 def render_all() -> dict[str, str]:
     """Every generated file, by path relative to `streams/`; same input, same bytes."""
     rendered = {f"{SCHEMAS_DIR}/{name}": _dump(s) for name, s in schema_files().items()}
-    rendered["asyncapi.json"] = _dump(asyncapi_document())
+    rendered["asyncapi.json"] = _dump(asyncapi_document(SCHEMAS_DIR))
     return dict(sorted(rendered.items()))
 
 
