@@ -22,6 +22,7 @@ import httpx
 import pytest
 import torch
 from attrs import frozen
+from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
 from handwriting_ai.api.app import create_app
@@ -119,6 +120,18 @@ def test_a_full_queue_answers_503_at_once(model_dir: Path, calls: Calls) -> None
         assert calls.count == 3
         # Every slot came back: the next read is served.
         assert read(url).response.status_code == 200
+        # Each answer counted once in the metrics, whether the shed or the handler refused it.
+        with httpx.Client(base_url=url, timeout=10.0) as http:
+            reads = {
+                tuple(sorted(s.labels.items())): s.value
+                for family in text_string_to_metric_families(http.get("/metrics").text)
+                for s in family.samples
+                if s.name == "digits_reads_total"
+            }
+        assert reads == {
+            (("code", ""), ("outcome", "ok")): 4,
+            (("code", "overloaded"), ("outcome", "refused")): 5,
+        }
 
 
 def test_a_refusal_comes_before_the_upload_is_read(model_dir: Path, calls: Calls) -> None:

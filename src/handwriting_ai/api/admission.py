@@ -41,6 +41,11 @@ class ReadAdmission:
         self._drain_s: float | None = None  # mean interval between completions under a queue
         self._last_done: float | None = None
 
+    @property
+    def admitted(self) -> int:
+        """Reads holding a place: running on a thread or waiting for one."""
+        return self._admitted
+
     def refusal(self, timeout_s: float) -> OverloadedError | None:
         """Why a read arriving now would be refused, or None when it can be admitted."""
         with self._lock:

@@ -20,7 +20,14 @@ from handwriting_ai.api.admin import admin_ping, upload_model
 from handwriting_ai.api.admission import ReadAdmission
 from handwriting_ai.api.errors import EXCEPTION_HANDLERS
 from handwriting_ai.api.event_hub import EventHub
-from handwriting_ai.api.health import active_models, healthz, package_version, readyz, version_info
+from handwriting_ai.api.health import (
+    active_models,
+    healthz,
+    package_version,
+    prometheus_metrics,
+    readyz,
+    version_info,
+)
 from handwriting_ai.api.read import FORM_PART_LIMIT, read
 from handwriting_ai.api.request_id import RequestIdMiddleware
 from handwriting_ai.api.shed import ShedReads
@@ -170,6 +177,7 @@ def create_app(
             healthz,
             readyz,
             version_info,
+            prometheus_metrics,
             active_models,
             upload_model,
             admin_ping,
@@ -192,6 +200,7 @@ def create_app(
         logging_config=None,
     )
     state.install(app.state)
+    state.metrics.watch(state.engine, lambda: state.reads, lambda: state.events)
     # Wrapped outside the router so that 404/405 answers carry a request id too.
     app.asgi_handler = RequestIdMiddleware(ShedReads(app.asgi_handler, state))
     return app

@@ -11,6 +11,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from handwriting_ai.api.json_body import MAX_MESSAGE_CHARS, clip, safe_text
+from handwriting_ai.api.metrics import READ_PATH
+from handwriting_ai.api.state import read_refused
 from handwriting_ai.errors import AppError
 from handwriting_ai.logging import get_logger
 
@@ -43,6 +45,8 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> Response[dict[str, str]]:
     request_id = str(request.scope.get("state", {}).get("request_id", ""))
+    if request.scope["path"] == READ_PATH:
+        read_refused(request.app.state, status, code)
     sent = dict(headers or {})
     if retry_after_s is not None:
         sent["Retry-After"] = str(retry_after_s)

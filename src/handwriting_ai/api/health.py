@@ -1,4 +1,5 @@
-"""Probes and model information: `/healthz`, `/readyz`, `/version`, `GET /v1/models/active`."""
+"""Probes and model information: `/healthz`, `/readyz`, `/version`, `/metrics`,
+`GET /v1/models/active`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from handwriting_ai.api.openapi import documented
 from handwriting_ai.api.schemas import (
@@ -147,3 +149,11 @@ async def active_models(request: Request[object, object, State]) -> ActiveModels
         members=members,
         models=models,
     )
+
+
+@get("/metrics", summary="Prometheus metrics (text exposition format)", include_in_schema=False)
+async def prometheus_metrics(request: Request[object, object, State]) -> Response[bytes]:
+    """Open like the probes (a scraper has no key): keep the API port off the internet, as the
+    README says for `SECURITY__API_KEY`-less deployments, or scrape through the private network."""
+    body = AppState.of(request.app.state).metrics.exposition()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 from litestar import Request, post
@@ -145,6 +146,7 @@ async def _read(
     ),
 )
 async def read(request: Request[object, object, State]) -> ReadResponse:
+    started = time.perf_counter()
     state = AppState.of(request.app.state)
     ensemble = state.engine.ensemble
     if ensemble is None:
@@ -156,6 +158,7 @@ async def read(request: Request[object, object, State]) -> ReadResponse:
         reading = await _read(request, admitted, ensemble, digits)
     finally:
         admitted.release()  # a no-op once the read was handed to a thread
+    state.metrics.read_answered(reading, time.perf_counter() - started)
     return ReadResponse(
         digit=reading.digit,
         confidence=reading.confidence,

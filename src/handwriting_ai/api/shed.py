@@ -40,6 +40,7 @@ class ShedReads:
             await self.app(scope, receive, send)
             return
         log.info("request_refused", code=refused.code, status=refused.status_code)
+        self.state.metrics.read_refused(refused.status_code, refused.code)
         request_id = str(scope.get("state", {}).get("request_id", ""))
         body = error_json(refused.code, refused.message, request_id)
         start: HTTPResponseStartEvent = {

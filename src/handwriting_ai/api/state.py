@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from attrs import define
+from attrs import define, field
 from litestar.datastructures import State
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 
 from handwriting_ai.api.admission import Admitted, ReadAdmission
 from handwriting_ai.api.event_hub import EventHub
+from handwriting_ai.api.metrics import ApiMetrics
 from handwriting_ai.errors import PredictTimeoutError, QueueUnavailableError
 from handwriting_ai.inference.engine import EngineHolder
 from handwriting_ai.settings import Settings
@@ -58,6 +59,7 @@ class AppState:
     admin: ThreadPoolExecutor | None = None
     redis: Redis | None = None
     events: EventHub | None = None  # the one Redis reader behind every SSE stream
+    metrics: ApiMetrics = field(factory=ApiMetrics)
 
     def queue(self) -> Redis:
         """The Redis client, or 503 `queue_unavailable` when none is configured."""
@@ -99,3 +101,10 @@ class AppState:
             raise PredictTimeoutError(
                 f"Prediction did not finish within {timeout_s:g} s."
             ) from None
+
+
+def read_refused(state: State, status: int, code: str) -> None:
+    """Count a refused read in the app's metrics (an app without our state has none)."""
+    value = state.get(_KEY)
+    if isinstance(value, AppState):
+        value.metrics.read_refused(status, code)

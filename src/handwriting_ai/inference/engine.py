@@ -163,6 +163,7 @@ class EngineHolder:
     def __init__(self, ensemble: Ensemble | None = None) -> None:
         self._ensemble = ensemble
         self._lock = threading.Lock()
+        self.swaps = 0  # ensembles swapped in after the first (reloads, promotions)
 
     @property
     def ensemble(self) -> Ensemble | None:
@@ -171,4 +172,6 @@ class EngineHolder:
     def swap(self, ensemble: Ensemble | None) -> Ensemble | None:
         with self._lock:
             old, self._ensemble = self._ensemble, ensemble
+            if old is not None:
+                self.swaps += 1
         return old
