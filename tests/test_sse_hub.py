@@ -257,6 +257,34 @@ async def test_a_burst_while_redis_stalls_waits_for_a_connection_instead_of_a_50
     assert len(xrange(redis_url, JOBS_STREAM)) == burst + 1
 
 
+async def test_idle_streams_on_one_job_share_its_status_check(
+    model_dir: Path, seven_model: Artifact, redis_url: str
+) -> None:
+    """An idle stream asks each second whether its job ended without a final event; 50 streams
+    on one job ask together. Before this was shared, 50 streams idle for 3 s made ~150 HGETALLs."""
+    streams, idle_s = 50, 3.0
+    watcher = sync_redis(redis_url)
+    with live_api(model_dir, redis_url) as api:
+        async with http_client(api) as http, async_redis(redis_url) as r:
+            posted = await http.post(
+                "/v1/train", json={"request_id": "idle", "model_id": "mnist_digitnet_v1"}
+            )
+            assert posted.status_code == 202
+            readers = [SseReader() for _ in range(streams)]
+            tasks = [asyncio.create_task(read_sse(http, "idle", reader)) for reader in readers]
+            await until(lambda: all(reader.comments for reader in readers), "50 open streams")
+            watcher.config_resetstat()
+            await asyncio.sleep(idle_s)
+            stats = watcher.info("commandstats")
+            await publish(r, started("idle"), completed("idle"))
+            codes = await asyncio.wait_for(asyncio.gather(*tasks), FRAME_TIMEOUT_S)
+    watcher.close()
+    assert codes == [200] * streams
+    checks = int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+    assert checks <= 3 * idle_s + 4, checks  # about two per second for the job, not 50
+    assert all(reader.types == ["started", "completed"] for reader in readers)
+
+
 # --------------------------------------------------------------------------- the cap
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -113,6 +114,10 @@ class _Subscriber:
 class _Key:
     cursor: str
     subscribers: set[_Subscriber] = field(factory=set)
+    # The last "has this job ended?" check, shared by the key's subscribers: 200 idle streams
+    # on one job ask Redis about once per idle period, not 200 times.
+    over_check: asyncio.Future[bool] | None = None
+    over_at: float = 0.0
 
 
 @define(eq=False)
@@ -285,8 +290,7 @@ class EventHub:
             while True:
                 batches = await subscriber.take(idle_s)
                 if not batches:
-                    async with self._calls:
-                        over = await job_over(self.redis, request_id)
+                    over = await self._job_over(key, request_id, max_age_s=idle_s / 2)
                     idle_final = idle_final + 1 if over else 0
                     if idle_final >= 2:
                         return
@@ -301,6 +305,24 @@ class EventHub:
                             return
         finally:
             self._leave(key, subscriber)
+
+    async def _job_over(self, key: str, request_id: str, *, max_age_s: float) -> bool:
+        """Whether the job's status is final (or gone), checked at most once per `max_age_s`
+        for all subscribers of its key (the age stays under an idle period, so a subscriber's
+        two consecutive answers come from two checks)."""
+        state = self._keys.get(key)
+        if state is None:  # let go meanwhile: `take` says so next
+            return False
+        now = time.monotonic()
+        if state.over_check is None or now - state.over_at > max_age_s:
+            state.over_at = now
+            state.over_check = asyncio.ensure_future(self._checked_over(request_id))
+        # Shielded: one subscriber leaving mid-check must not cancel the others' answer.
+        return await asyncio.shield(state.over_check)
+
+    async def _checked_over(self, request_id: str) -> bool:
+        async with self._calls:
+            return await job_over(self.redis, request_id)
 
     async def _after(self, key: str, last_id: str, batch: _Batch) -> list[Entry]:
         """The entries of `batch` after `last_id`, with what the hub had read past `last_id`
