@@ -11,8 +11,6 @@ stream id is not after the cursor are skipped: still nothing twice.
 
 from __future__ import annotations
 
-import re
-
 from attrs import define, field
 
 from handwriting_ai.client.errors import BAD_RESPONSE, STREAM_ENDED, ServiceError
@@ -20,19 +18,15 @@ from handwriting_ai.client.sse import SseDecoder, train_event
 from handwriting_ai.client.wire import LAST_EVENT_ID_HEADER
 from handwriting_ai.contracts.converter import ContractError
 from handwriting_ai.contracts.events import TrainEvent, is_final
-
-_STREAM_ID = re.compile(r"^([0-9]{1,20})-([0-9]{1,20})$")
-
-
-def _stream_id(text: str | None) -> tuple[int, int] | None:
-    found = _STREAM_ID.match(text or "")
-    return (int(found[1]), int(found[2])) if found else None
+from handwriting_ai.streams.follow import STREAM_ID, id_key
 
 
 def seen_before(message_id: str, last_event_id: str | None) -> bool:
     """True when both are stream ids (`<ms>-<seq>`) and the message's is not after the last."""
-    new, last = _stream_id(message_id), _stream_id(last_event_id)
-    return new is not None and last is not None and new <= last
+    last = last_event_id or ""
+    if not (STREAM_ID.match(message_id) and STREAM_ID.match(last)):
+        return False
+    return id_key(message_id) <= id_key(last)
 
 
 @define
