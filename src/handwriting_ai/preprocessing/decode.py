@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -124,9 +123,9 @@ def open_checked(
     fmt = check_media_type(data, content_type)
     try:
         # Our own pixel limit runs before `load()` and sits far below Pillow's bomb limit.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[fmt])
+        # (No `warnings.catch_warnings()` here: it swaps process-wide state, and reads run on
+        # several threads at once.)
+        image = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
         raise TooLargeError(f"Image refused as a decompression bomb: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
