@@ -289,6 +289,8 @@ def _sample(tp: object, attribute: attrs.Attribute[object]) -> object:
     if tp is str:
         pattern = d.pattern if d else None
         return next(s for s in SAMPLE_STRINGS if pattern is None or re.fullmatch(pattern, s))
+    if typing.get_origin(tp) is list:
+        return [_sample(args[0], attribute)]
     raise TypeError(f"no sample for {tp!r}")
 
 
@@ -380,7 +382,7 @@ def _started_document(**changes: object) -> str:
             "expected one of digits.train.started.v1, digits.train.batch.v1, "
             "digits.train.epoch.v1, digits.train.best.v1, digits.train.artifact.v1, "
             "digits.train.upload.v1, digits.train.prune.v1, digits.train.completed.v1, "
-            "digits.train.failed.v1, got 'digits.train.nope.v1' @ $.type",
+            "digits.train.failed.v1, digits.model.changed.v1, got 'digits.train.nope.v1' @ $.type",
         ),
         (
             {"type": "digits.train.best.v1", "event": _started_document()},

@@ -93,6 +93,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         port=args.port,
         redis_port=args.redis_port,
         config=args.config,
+        worker_metrics_port=args.worker_metrics_port,
     )
 
 
@@ -164,10 +165,11 @@ def cmd_settings_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from handwriting_ai.worker.main import check_arguments
     from handwriting_ai.worker.main import run as run_worker
 
-    settings = _settings(args)
-    return run_worker(settings, concurrency=args.concurrency, burst=args.burst)
+    check_arguments(args)
+    return run_worker(_settings(args), args)
 
 
 def _redis_url(settings: Settings) -> str:
@@ -233,6 +235,18 @@ def cmd_read(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from handwriting_ai.client import Client
+    from handwriting_ai.models_cli import local_upload_key, run
+
+    action = None if args.action == "list" else args.action
+    settings = _settings(args)
+    key = settings.handwriting_api_key or local_upload_key(settings)
+    with Client(settings.handwriting_api_url, api_key=key) as client:
+        version = getattr(args, "version", None)
+        return run(client, action, getattr(args, "model_id", None), version, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digits", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file (env wins)")
@@ -252,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     u.add_argument(
         "--redis-port", type=int, default=None, help="embedded Redis port (default: last or free)"
+    )
+    u.add_argument(
+        "--worker-metrics-port",
+        type=int,
+        default=0,
+        metavar="BASE",
+        help="worker i (from 1) serves Prometheus metrics on BASE+i-1; 0: none (default)",
     )
     u.set_defaults(func=cmd_up)
 
@@ -285,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="train jobs from the digits:train stream (consumer group)")
     w.add_argument("--concurrency", type=int, default=1, help="training slots (subprocesses)")
     w.add_argument("--burst", action="store_true", help="drain the stream, then exit")
+    w.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on this port (GET /metrics); 0: none (default)",
+    )
+    w.add_argument("--metrics-host", default="127.0.0.1", help="where the metrics port listens")
     w.set_defaults(func=cmd_worker)
 
     wa = sub.add_parser("watch", help="follow a training job's progress until it ends")
@@ -310,6 +338,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rc.add_argument("redis_args", nargs=argparse.REMAINDER, help="redis-cli arguments")
     rc.set_defaults(func=cmd_redis_cli)
+
+    mo = sub.add_parser(
+        "models",
+        help="the model registry through the API: list, serve, unserve, promote, rollback, pin",
+        description="Talks to HANDWRITING_API_URL; the actions need the upload key in "
+        "HANDWRITING_API_KEY. Every change reaches every API replica at run time.",
+    )
+    mo.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    mo.set_defaults(func=cmd_models)
+    actions = mo.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every stored model, its versions and the gate's decisions")
+    for name, text in (
+        ("serve", "add a stored model to the served ensemble"),
+        ("unserve", "take a model out of the served ensemble (its versions stay stored)"),
+        ("rollback", "serve the version that was current before this one"),
+        ("unpin", "let the promotion gate judge new versions again"),
+    ):
+        actions.add_parser(name, help=text).add_argument("model_id")
+    pr = actions.add_parser("promote", help="serve a stored version now, whatever the gate said")
+    pr.add_argument("model_id")
+    pr.add_argument("version")
+    pn = actions.add_parser("pin", help="keep a version served; new ones stay candidates")
+    pn.add_argument("model_id")
+    pn.add_argument("version", nargs="?", default=None, help="default: the current version")
 
     rd = sub.add_parser(
         "read",

@@ -37,7 +37,8 @@ MEANINGS: dict[str, str] = {
     "APP__BUILD": "shown by `/version` and `/readyz`",
     "APP__COMMIT": "shown by `/version`",
     "DIGITS__MODEL_DIR": "served model folders; empty: `<APP__DATA_ROOT>/models`",
-    "DIGITS__ACTIVE_MODEL": "comma-separated model ids served as one ensemble",
+    "DIGITS__ACTIVE_MODEL": "comma-separated model ids served as one ensemble, until the registry "
+    "holds a served set (`digits models serve`/`unserve`; in Redis when `REDIS_URL` is set)",
     "DIGITS__TTA_PROFILE": "`none` or `strong` (9 views in one batch)",
     "DIGITS__BACKEND": "`onnxruntime` (fast at batch 1) or `torch` (the reference)",
     "DIGITS__ENSEMBLE_TEMPERATURE_OVERRIDE": "one temperature for every member; empty: each "
@@ -56,8 +57,8 @@ MEANINGS: dict[str, str] = {
     "DIGITS__VISUALIZE_MAX_KB": "cap on `visual_png_b64`",
     "DIGITS__PROMOTION_TOLERANCE": "how much lower a new version's val_acc may be than the "
     "served one's, and than the best ever served, and still replace it",
-    "DIGITS__RECONCILE_INTERVAL_S": "how often each API replica re-reads `CURRENT` and judges "
-    "stored versions that no event promoted",
+    "DIGITS__RECONCILE_INTERVAL_S": "how often each API replica re-reads the model registry "
+    "(fetching versions it lacks) and judges stored versions that no event promoted",
     "SECURITY__API_KEY": "when set, `/v1/*` needs `X-Api-Key` (constant-time comparison)",
     "SECURITY__ADMIN_KEY": "the key for `/v1/admin/models/upload`; empty: `SECURITY__API_KEY`; "
     "`digits up` generates one when both are empty",

@@ -120,6 +120,21 @@ export const TrainFailedSchema = z.object({
   cancelled: z.boolean().default(false),
 });
 
+export const ModelChangedSchema = z.object({
+  type: z.literal("digits.model.changed.v1"),
+  request_id: z.string(),
+  user_id: integer().min(0),
+  model_id: z.string(),
+  run_id: z.string().nullable().default(null),
+  ts: z.string().regex(new RegExp("^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?(Z|\\+00:00)$", "u")),
+  action: z.enum(["served", "unserved", "promoted", "rolled_back", "pinned", "unpinned", "held", "refused"]),
+  by: z.enum(["operator", "gate"]),
+  version: z.string().nullable().default(null),
+  old_version: z.string().nullable().default(null),
+  served: z.array(z.string()),
+  reason: z.string().default(""),
+});
+
 export const TrainJobSchema = z.strictObject({
   type: z.literal("digits.train.v1").default("digits.train.v1"),
   request_id: z.string().regex(new RegExp("^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", "u")).optional(),
@@ -166,6 +181,7 @@ export const TrainEventSchema = z.discriminatedUnion("type", [
   TrainPruneSchema,
   TrainCompletedSchema,
   TrainFailedSchema,
+  ModelChangedSchema,
 ]);
 
 /** An event document (the JSON in an entry's `event` field), checked; throws a ZodError. */
@@ -206,6 +222,7 @@ export type SchemasMatchTypes = [
   Assert<Same<z.output<typeof TrainPruneSchema>, T.TrainPrune>>,
   Assert<Same<z.output<typeof TrainCompletedSchema>, T.TrainCompleted>>,
   Assert<Same<z.output<typeof TrainFailedSchema>, T.TrainFailed>>,
+  Assert<Same<z.output<typeof ModelChangedSchema>, T.ModelChanged>>,
   Assert<Same<z.output<typeof TrainJobSchema>, T.TrainJob>>,
   Assert<Same<z.input<typeof TrainJobSchema>, T.TrainJobInput>>,
   Assert<Same<z.output<typeof TrainJobFieldsSchema>, T.TrainJobFields>>,

@@ -196,6 +196,36 @@ export interface TrainFailed {
   cancelled: boolean;
 }
 
+/** The model registry changed: an operator served, unserved, promoted, rolled back, pinned or
+    unpinned a model, or the promotion gate judged a new version (`promoted`, `held`, `refused`).
+    Every API replica reconciles on it. `request_id` is the HTTP request's id for an operator's
+    change, and the training job's for the gate's decision on the version that job made. Every field is always present; readers ignore unknown fields. */
+export interface ModelChanged {
+  type: "digits.model.changed.v1";
+  /** The job's request_id; correlates every event of a job. */
+  request_id: string;
+  /** The user who asked for the job; 0 when none. */
+  user_id: number;
+  /** The model being trained. */
+  model_id: string;
+  /** The training run's id; null until the run has one. */
+  run_id: string | null;
+  /** When the event happened, ISO 8601 UTC. */
+  ts: string;
+  /** What changed. */
+  action: "served" | "unserved" | "promoted" | "rolled_back" | "pinned" | "unpinned" | "held" | "refused";
+  /** `operator`: through the admin API; `gate`: the promotion gate's decision. */
+  by: "operator" | "gate";
+  /** The version the change is about; null for (un)serve. */
+  version: string | null;
+  /** The version served before, when the change moved it. */
+  old_version: string | null;
+  /** The served model ids after the change, in ensemble order. */
+  served: Array<string>;
+  /** Why, for a gate decision or a rollback. */
+  reason: string;
+}
+
 /** A request to train one model; `model_id` is the only field without a default. JSON form: the body of POST /v1/train. Without request_id the API makes one. */
 export interface TrainJob {
   /** Message type. */
@@ -318,7 +348,8 @@ export type TrainEvent =
   | TrainUpload
   | TrainPrune
   | TrainCompleted
-  | TrainFailed;
+  | TrainFailed
+  | ModelChanged;
 
 export type TrainEventType = TrainEvent["type"];
 
@@ -332,6 +363,7 @@ export const EVENT_TYPES = [
   "digits.train.prune.v1",
   "digits.train.completed.v1",
   "digits.train.failed.v1",
+  "digits.model.changed.v1",
 ] as const;
 
 export const JOB_TYPE = "digits.train.v1";

@@ -13,6 +13,7 @@ from litestar.exceptions import ClientException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers.base import BaseRouteHandler
 from multipart import ParserLimitReached  # type: ignore[import-untyped]
+from redis.exceptions import RedisError
 
 from handwriting_ai.api.openapi import UPLOAD_FORM, documented
 from handwriting_ai.api.security import key_matches
@@ -28,6 +29,7 @@ from handwriting_ai.errors import (
 from handwriting_ai.inference.upload import check_artifact, store_artifact
 from handwriting_ai.logging import get_logger
 from handwriting_ai.preprocessing import preprocess_hash
+from handwriting_ai.registry.redis_state import RedisState
 
 log = get_logger("handwriting_ai.admin")
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024
@@ -136,6 +138,22 @@ async def upload_model(request: Request[object, object, State]) -> UploadRespons
         ),
         timeout_s=120,
     )
+    registry = state.registry
+    if isinstance(registry, RedisState) and stored.version == manifest.version:
+        try:
+            await state.run(
+                partial(
+                    registry.put_artifact,
+                    manifest.model_id,
+                    manifest.version,
+                    model,
+                    manifest_raw,
+                    metrics_raw,
+                ),
+                timeout_s=120,
+            )
+        except RedisError as exc:  # kept here: this replica publishes it on its next pass
+            log.warning("model_publish_deferred", model_id=manifest.model_id, reason=str(exc))
     log.info(
         "model_uploaded",
         model_id=stored.model_id,

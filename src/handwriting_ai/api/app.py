@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from handwriting_ai.api import openapi
+from handwriting_ai.api import registry as registry_api
 from handwriting_ai.api.admin import admin_ping, upload_model
 from handwriting_ai.api.admission import ReadAdmission
 from handwriting_ai.api.errors import EXCEPTION_HANDLERS
@@ -33,13 +34,15 @@ from handwriting_ai.api.request_id import RequestIdMiddleware
 from handwriting_ai.api.shed import ShedReads
 from handwriting_ai.api.state import AppState, connect_redis
 from handwriting_ai.api.train import cancel_train, submit_train, train_events, train_status
-from handwriting_ai.contracts.events import TrainCompleted
+from handwriting_ai.contracts.events import ModelChanged, TrainCompleted
 from handwriting_ai.errors import AppError
-from handwriting_ai.inference.engine import EngineHolder, load_ensemble
+from handwriting_ai.inference.engine import EngineHolder
 from handwriting_ai.inference.reconcile import Reconciler, reconcile_forever
-from handwriting_ai.inference.store import bundled_model_dir, current_version, seed_models
+from handwriting_ai.inference.store import bundled_model_dir, seed_models
 from handwriting_ai.logging import get_logger
 from handwriting_ai.preprocessing import preprocess_hash
+from handwriting_ai.registry.redis_state import RedisState, connect_sync
+from handwriting_ai.registry.state import DirState, RegistryState
 from handwriting_ai.settings import Settings
 from handwriting_ai.streams.reload_consumer import ReloadConsumer
 
@@ -49,69 +52,60 @@ RELOAD_TIMEOUT_S = 300.0
 PRIME_TIMEOUT_S = 3.0
 
 
-def _load(settings: Settings) -> EngineHolder:
+def _seed(settings: Settings) -> None:
     active = settings.digits.active_model
     settings.model_dir.mkdir(parents=True, exist_ok=True)
     for model_id in seed_models(settings.model_dir, active, bundled_model_dir()):
         log.info("model_seeded", model_id=model_id, model_dir=str(settings.model_dir))
-    ensemble = load_ensemble(
-        settings.model_dir,
-        settings.digits.active_model,
-        expected_hash=preprocess_hash(),
-        temperature_override=settings.digits.ensemble_temperature_override,
-        backend=settings.digits.backend,
-    )
-    if ensemble is None:
-        log.error(
-            "no_model_loaded",
-            model_dir=str(settings.model_dir),
-            active=list(settings.digits.active_model),
-        )
-    return EngineHolder(ensemble)
+
+
+def _registry(settings: Settings) -> RegistryState:
+    """Redis when configured (replicas then need no shared volume), else the model directory."""
+    local = DirState(settings.model_dir)
+    if settings.redis_url is None:
+        return local
+    return RedisState(connect_sync(settings.redis_url), local, events_maxlen=settings.events.maxlen)
 
 
 async def _start_reconciling(state: AppState) -> list[asyncio.Task[None]]:
-    """Reconcile once before serving, then every interval and on each `completed` event.
+    """Reconcile once before serving, then every interval and on each registry event.
 
-    Events only wake the reconciler: what to serve is read from the model directory, so an
-    event missed while down, or a reload that failed or timed out, is made good by a later pass.
+    Events only wake the reconciler: what to serve is read from the registry, so an event missed
+    while down, or a reload that failed or timed out, is made good by a later pass.
     """
     settings = state.settings
+    assert state.registry is not None
     reconciler = Reconciler(
         engine=state.engine,
+        state=state.registry,
         model_dir=settings.model_dir,
-        active_models=settings.digits.active_model,
+        default_served=settings.digits.active_model,
         tolerance=settings.digits.promotion_tolerance,
         expected_hash=preprocess_hash(),
         temperature_override=settings.digits.ensemble_temperature_override,
         backend=settings.digits.backend,
     )
-    served = {
-        m.manifest.model_id
-        for m in (state.engine.ensemble.members if state.engine.ensemble else ())
-    }
-    for model_id in settings.digits.active_model:
-        version = None if model_id in served else current_version(settings.model_dir, model_id)
-        if version is not None:
-            reconciler.refused_at_start(model_id, version)
-    wake = asyncio.Event()
+    wake = state.wake = asyncio.Event()
 
     async def reconcile_once() -> None:
         try:
-            await state.run(reconciler.reconcile, timeout_s=RELOAD_TIMEOUT_S)
+            outcomes = await state.run(reconciler.reconcile, timeout_s=RELOAD_TIMEOUT_S)
         except AppError as exc:  # a timeout: the next pass tries again
             log.error("reconcile_timed_out", reason=exc.message)
+        else:
+            state.metrics.reconciled(outcomes)
 
-    async def on_completed(event: TrainCompleted) -> None:
-        if event.model_id in settings.digits.active_model:
-            wake.set()
+    async def on_event(event: TrainCompleted | ModelChanged) -> None:
+        wake.set()
 
     await reconcile_once()
+    if state.engine.ensemble is None:
+        log.error("no_model_loaded", model_dir=str(settings.model_dir))
     interval_s = settings.digits.reconcile_interval_s
     loop = reconcile_forever(reconcile_once, interval_s=interval_s, wake=wake)
     tasks = [asyncio.create_task(loop, name="reconcile")]
     if state.redis is not None:
-        consumer = ReloadConsumer(state.redis, on_completed)
+        consumer = ReloadConsumer(state.redis, on_event)
         # Pin the start before serving, so an event published right after start-up wakes us;
         # with Redis down the consumer pins it itself once Redis answers.
         try:
@@ -143,9 +137,9 @@ def create_app(
             await state.events.start()
         tasks: list[asyncio.Task[None]] = []
         try:
+            state.registry = _registry(settings)
             if engine is None:  # an engine passed in is served as given: no model dir is read
-                loaded = await state.run(lambda: _load(settings), timeout_s=600)
-                state.engine.swap(loaded.ensemble)
+                await state.run(lambda: _seed(settings), timeout_s=600)
                 tasks = await _start_reconciling(state)
             ensemble = state.engine.ensemble
             log.info(
@@ -161,6 +155,9 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if isinstance(state.registry, RedisState):
+                state.registry.redis.close()
+            state.registry = state.wake = None
             if state.events is not None:
                 await state.events.stop()
                 state.events = None
@@ -179,6 +176,7 @@ def create_app(
             version_info,
             prometheus_metrics,
             active_models,
+            *registry_api.ROUTES,
             upload_model,
             admin_ping,
             submit_train,

@@ -9,7 +9,7 @@ Each app has its own registry: tests run many apps in one process. The route is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,6 +19,7 @@ from handwriting_ai.api.admission import ReadAdmission
 from handwriting_ai.api.event_hub import EventHub
 from handwriting_ai.inference.engine import EngineHolder
 from handwriting_ai.inference.read import Reading
+from handwriting_ai.inference.reload import ReloadOutcome
 
 READ_PATH = "/v1/read"
 # A read is ~2-20 ms here, a 12 MP photo ~60 ms, a queued one up to the timeout (5 s).
@@ -48,6 +49,37 @@ class ApiMetrics:
             buckets=STAGE_BUCKETS_S,
             registry=self.registry,
         )
+
+        self.reloads = Counter(
+            "digits_model_reloads",
+            "Model versions this replica loaded (loaded) or could not load (failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.promotions = Counter(
+            "digits_model_promotions",
+            "Versions made current: by the promotion gate on this replica, or by an operator"
+            " through this replica (promote, rollback, pin)",
+            ["by"],
+            registry=self.registry,
+        )
+        self.gate_decisions = Counter(
+            "digits_model_gate_decisions",
+            "Promotion gate decisions taken on this replica (promoted, held, refused)",
+            ["decision"],
+            registry=self.registry,
+        )
+
+    def reconciled(self, outcomes: Iterable[ReloadOutcome]) -> None:
+        for outcome in outcomes:
+            if outcome.action in ("promoted", "held", "refused"):
+                self.gate_decisions.labels(outcome.action).inc()
+            if outcome.action == "promoted":
+                self.promotions.labels("gate").inc()
+            if outcome.action in ("promoted", "followed"):
+                self.reloads.labels("loaded").inc()
+            elif outcome.action == "failed":
+                self.reloads.labels("failed").inc()
 
     def read_answered(self, reading: Reading, seconds: float) -> None:
         self.reads.labels("ok", "").inc()

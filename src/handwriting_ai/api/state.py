@@ -19,6 +19,7 @@ from handwriting_ai.api.event_hub import EventHub
 from handwriting_ai.api.metrics import ApiMetrics
 from handwriting_ai.errors import PredictTimeoutError, QueueUnavailableError
 from handwriting_ai.inference.engine import EngineHolder
+from handwriting_ai.registry.state import RegistryState
 from handwriting_ai.settings import Settings
 
 T = TypeVar("T")
@@ -60,6 +61,10 @@ class AppState:
     redis: Redis | None = None
     events: EventHub | None = None  # the one Redis reader behind every SSE stream
     metrics: ApiMetrics = field(factory=ApiMetrics)
+    # The model registry (Redis when configured, else the model directory; blocking: admin
+    # threads only), and the reconciler's wake-up for a change made through this replica.
+    registry: RegistryState | None = None
+    wake: asyncio.Event | None = None
 
     def queue(self) -> Redis:
         """The Redis client, or 503 `queue_unavailable` when none is configured."""

@@ -14,7 +14,13 @@ from types import TracebackType
 
 import httpx
 
-from handwriting_ai.client.models import Reading, TrainAccepted, TrainStatus
+from handwriting_ai.client.models import (
+    Reading,
+    RegistryChange,
+    RegistryListing,
+    TrainAccepted,
+    TrainStatus,
+)
 from handwriting_ai.client.policy import (
     EVENTS_READ_TIMEOUT_S,
     MAX_RECONNECTS,
@@ -25,13 +31,16 @@ from handwriting_ai.client.policy import (
 )
 from handwriting_ai.client.stream import EventCursor
 from handwriting_ai.client.wire import (
+    MODELS_PATH,
     READ_PATH,
     TRAIN_PATH,
+    ModelAction,
     error_from,
     failure_of,
     headers,
     job_body,
     load_image,
+    model_path,
     new_request_id,
     parse,
     read_form,
@@ -111,6 +120,25 @@ class AsyncClient:
     async def status(self, request_id: str) -> TrainStatus:
         response = await self._send("GET", train_path(request_id), request_id)
         return parse(response, TrainStatus, request_id)
+
+    async def models(self, *, request_id: str | None = None) -> RegistryListing:
+        """Every stored model, its versions and the gate's decisions (`GET /v1/models`)."""
+        rid = request_id or new_request_id()
+        return parse(await self._send("GET", MODELS_PATH, rid), RegistryListing, rid)
+
+    async def change_model(
+        self,
+        action: ModelAction,
+        model_id: str,
+        version: str | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> RegistryChange:
+        """A registry action (needs the upload key). Repeating one that is in effect changes
+        nothing (`changed: false`), so the retry policy's one retry is safe."""
+        rid = request_id or new_request_id()
+        response = await self._send("POST", model_path(action, model_id, version), rid)
+        return parse(response, RegistryChange, rid)
 
     async def cancel(self, request_id: str) -> TrainStatus:
         """Cancel a queued job at once, or ask a running one to stop; 409 `conflict` when it

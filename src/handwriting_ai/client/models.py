@@ -7,6 +7,8 @@ from attrs import frozen
 from cattrs.gen import make_dict_structure_fn
 
 from handwriting_ai.contracts.converter import converter
+from handwriting_ai.registry.actions import RegistryChange
+from handwriting_ai.registry.listing import ModelEntry, RegistryListing, VersionEntry
 
 
 @frozen
@@ -70,7 +72,26 @@ def _json_object(value: object, _: object) -> dict[str, object]:
 
 # `progress` and `result` are free-form JSON objects: kept as the service sent them.
 converter.register_structure_hook_func(lambda t: t == dict[str, object], _json_object)
-for _cls in (Reading, TrainAccepted, TrainStatus):
+# The registry's answers are the service's own classes (no torch behind them), read tolerantly.
+for _cls in (
+    Reading,
+    TrainAccepted,
+    TrainStatus,
+    RegistryChange,
+    RegistryListing,
+    ModelEntry,
+    VersionEntry,
+):
     converter.register_structure_hook(
         _cls, make_dict_structure_fn(_cls, converter, _cattrs_forbid_extra_keys=False)
     )
+
+__all__ = [
+    "ModelEntry",
+    "Reading",
+    "RegistryChange",
+    "RegistryListing",
+    "TrainAccepted",
+    "TrainStatus",
+    "VersionEntry",
+]

@@ -16,7 +16,13 @@ from types import TracebackType
 from typing import TypeVar
 
 from handwriting_ai.client.async_client import AsyncClient
-from handwriting_ai.client.models import Reading, TrainAccepted, TrainStatus
+from handwriting_ai.client.models import (
+    Reading,
+    RegistryChange,
+    RegistryListing,
+    TrainAccepted,
+    TrainStatus,
+)
 from handwriting_ai.client.policy import (
     EVENTS_READ_TIMEOUT_S,
     MAX_RECONNECTS,
@@ -24,6 +30,7 @@ from handwriting_ai.client.policy import (
     RETRY_DELAY_S,
     TIMEOUT_S,
 )
+from handwriting_ai.client.wire import ModelAction
 from handwriting_ai.contracts.events import TrainEvent
 from handwriting_ai.contracts.jobs import TrainJob
 from handwriting_ai.settings import Settings
@@ -99,6 +106,21 @@ class Client:
 
     def status(self, request_id: str) -> TrainStatus:
         return self._run(self._async.status(request_id))
+
+    def models(self, *, request_id: str | None = None) -> RegistryListing:
+        """Every stored model, its versions and the gate's decisions (`GET /v1/models`)."""
+        return self._run(self._async.models(request_id=request_id))
+
+    def change_model(
+        self,
+        action: ModelAction,
+        model_id: str,
+        version: str | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> RegistryChange:
+        """A registry action (needs the upload key); see `AsyncClient.change_model`."""
+        return self._run(self._async.change_model(action, model_id, version, request_id=request_id))
 
     def cancel(self, request_id: str) -> TrainStatus:
         """Cancel a queued job at once, or ask a running one to stop; 409 `conflict` when it

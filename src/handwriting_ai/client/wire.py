@@ -9,14 +9,20 @@ import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
 from attrs import frozen
 
 from handwriting_ai.client.errors import BAD_RESPONSE, TIMEOUT, UNREACHABLE, ServiceError
-from handwriting_ai.client.models import Reading, TrainAccepted, TrainStatus
+from handwriting_ai.client.models import (
+    Reading,
+    RegistryChange,
+    RegistryListing,
+    TrainAccepted,
+    TrainStatus,
+)
 from handwriting_ai.client.policy import parse_retry_after
 from handwriting_ai.contracts.converter import ContractError, converter, structure
 from handwriting_ai.contracts.jobs import TrainJob
@@ -27,7 +33,7 @@ LAST_EVENT_ID_HEADER = "Last-Event-ID"
 READ_PATH = "/v1/read"
 TRAIN_PATH = "/v1/train"
 _SNIPPET_CHARS = 200
-T = TypeVar("T", Reading, TrainAccepted, TrainStatus)
+T = TypeVar("T", Reading, TrainAccepted, TrainStatus, RegistryListing, RegistryChange)
 
 Image = bytes | str | os.PathLike[str]
 
@@ -102,6 +108,21 @@ def job_body(job: TrainJob | Mapping[str, object]) -> dict[str, object]:
 
 def train_path(request_id: str, suffix: str = "") -> str:
     return f"{TRAIN_PATH}/{quote(request_id, safe='')}{suffix}"
+
+
+MODELS_PATH = "/v1/models"
+ModelAction = Literal["serve", "unserve", "promote", "rollback", "pin", "unpin"]
+MODEL_ACTIONS: tuple[ModelAction, ...] = ("serve", "unserve", "promote", "rollback", "pin", "unpin")
+
+
+def model_path(action: ModelAction, model_id: str, version: str | None = None) -> str:
+    """The admin route of a registry action; `promote` needs a version, `pin` takes one."""
+    base = f"/v1/admin/models/{quote(model_id, safe='')}"
+    if version is not None and action in ("promote", "pin"):
+        return f"{base}/versions/{quote(version, safe='')}/{action}"
+    if action == "promote":
+        raise ValueError("promote needs a version")
+    return f"{base}/{action}"
 
 
 def returned_request_id(response: httpx.Response, sent: str) -> str:

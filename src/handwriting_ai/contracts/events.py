@@ -169,6 +169,35 @@ class TrainFailed(_Event):
     )
 
 
+ModelAction = Literal[
+    "served", "unserved", "promoted", "rolled_back", "pinned", "unpinned", "held", "refused"
+]
+
+
+@frozen(kw_only=True)
+class ModelChanged(_Event):
+    """The model registry changed: an operator served, unserved, promoted, rolled back, pinned or
+    unpinned a model, or the promotion gate judged a new version (`promoted`, `held`, `refused`).
+    Every API replica reconciles on it. `request_id` is the HTTP request's id for an operator's
+    change, and the training job's for the gate's decision on the version that job made."""
+
+    type: Literal["digits.model.changed.v1"] = "digits.model.changed.v1"
+    action: ModelAction = field(metadata=doc("What changed."))
+    by: Literal["operator", "gate"] = field(
+        metadata=doc("`operator`: through the admin API; `gate`: the promotion gate's decision.")
+    )
+    version: str | None = field(
+        default=None, metadata=doc("The version the change is about; null for (un)serve.")
+    )
+    old_version: str | None = field(
+        default=None, metadata=doc("The version served before, when the change moved it.")
+    )
+    served: list[str] = field(
+        metadata=doc("The served model ids after the change, in ensemble order.")
+    )
+    reason: str = field(default="", metadata=doc("Why, for a gate decision or a rollback."))
+
+
 TrainEvent = (
     TrainStarted
     | TrainBatch
@@ -179,6 +208,7 @@ TrainEvent = (
     | TrainPrune
     | TrainCompleted
     | TrainFailed
+    | ModelChanged
 )
 
 
@@ -201,6 +231,7 @@ EVENT_CLASSES: dict[str, type[TrainEvent]] = {
         TrainPrune,
         TrainCompleted,
         TrainFailed,
+        ModelChanged,
     )
 }
 

@@ -37,6 +37,22 @@ def should_promote(
     return all(candidate_val_acc + _EPSILON >= bar for bar in bars)
 
 
+def hold_reason(
+    candidate_val_acc: float,
+    active_val_acc: float | None,
+    tolerance: float,
+    best_val_acc: float | None = None,
+) -> str:
+    """Why `should_promote` said no, in words an operator reads in the registry listing."""
+    for name, acc in (("the served version's", active_val_acc), ("the best served", best_val_acc)):
+        if acc is not None and candidate_val_acc + _EPSILON < acc - tolerance:
+            return (
+                f"val_acc {candidate_val_acc:.4f} is below {name} {acc:.4f}"
+                f" by more than the tolerance {tolerance:g}"
+            )
+    return ""
+
+
 @frozen
 class GateRecord:
     """Per model id: the best val_acc ever served, and every version's gate decision."""
@@ -44,6 +60,8 @@ class GateRecord:
     best_val_acc: float | None = None
     best_version: str | None = None
     decisions: dict[str, Decision] = Factory(dict)
+    # Why a version was held or refused, for the registry listing; absent from older records.
+    reasons: dict[str, str] = Factory(dict)
 
     def served(self, version: str, val_acc: float) -> GateRecord:
         """The record once `version` is (or was) served: the floor never goes down."""
@@ -51,10 +69,14 @@ class GateRecord:
             return self
         return evolve(self, best_val_acc=val_acc, best_version=version)
 
-    def decided(self, version: str, decision: Decision) -> GateRecord:
-        return evolve(self, decisions={**self.decisions, version: decision})
+    def decided(self, version: str, decision: Decision, reason: str = "") -> GateRecord:
+        reasons = {**self.reasons, version: reason} if reason else self.reasons
+        return evolve(self, decisions={**self.decisions, version: decision}, reasons=reasons)
 
     def only(self, versions: set[str]) -> GateRecord:
         """Forget decisions on versions no longer stored (the best is kept regardless)."""
         kept = {v: d for v, d in self.decisions.items() if v in versions}
-        return self if len(kept) == len(self.decisions) else evolve(self, decisions=kept)
+        if len(kept) == len(self.decisions):
+            return self
+        reasons = {v: r for v, r in self.reasons.items() if v in versions}
+        return evolve(self, decisions=kept, reasons=reasons)

@@ -1,18 +1,17 @@
-"""Swap a model version in: the served ensemble with one member replaced, and what happened.
+"""Load one stored version, and what a reconcile pass did with it (`ReloadOutcome`).
 
-Readers keep the ensemble they took, so in-flight reads finish on the old one while new reads get
-the new. Which version to serve is decided by `reconcile.py` (the only caller).
+Which version to serve is decided by `reconcile.py` (the only caller); readers keep the ensemble
+they took, so in-flight reads finish on the old one while new reads get the new.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from attrs import frozen
 
-from handwriting_ai.inference.engine import EngineHolder, Ensemble, Member, load_member
+from handwriting_ai.inference.engine import Member, load_member
 from handwriting_ai.inference.manifest import ManifestError
 from handwriting_ai.inference.onnx_backend import Backend
 from handwriting_ai.inference.store import version_dir
@@ -34,27 +33,6 @@ class ReloadOutcome:
     reason: str = ""
 
 
-def with_member(
-    ensemble: Ensemble | None,
-    member: Member,
-    order: Sequence[str],
-    temperature_override: float | None,
-) -> Ensemble:
-    """The ensemble with `member` in place of its model's old member (or added), in `order`."""
-    by_id = {m.manifest.model_id: m for m in (ensemble.members if ensemble else ())}
-    by_id[member.manifest.model_id] = member
-    members = tuple(by_id[m] for m in order if m in by_id)
-    override = ensemble.temperature_override if ensemble is not None else temperature_override
-    return Ensemble(members=members, temperature_override=override)
-
-
-def served_member(ensemble: Ensemble | None, model_id: str) -> Member | None:
-    for member in ensemble.members if ensemble else ():
-        if member.manifest.model_id == model_id:
-            return member
-    return None
-
-
 def load_version(
     model_dir: Path,
     model_id: str,
@@ -70,12 +48,3 @@ def load_version(
     if member.manifest.model_id != model_id:
         raise ManifestError(f"manifest names model {member.manifest.model_id!r}")
     return member
-
-
-def swap_in(
-    engine: EngineHolder,
-    member: Member,
-    order: Sequence[str],
-    temperature_override: float | None,
-) -> None:
-    engine.swap(with_member(engine.ensemble, member, order, temperature_override))

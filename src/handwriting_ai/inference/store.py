@@ -81,12 +81,15 @@ def set_current(model_dir: Path, model_id: str, version: str) -> None:
 
 @contextmanager
 def model_lock(model_dir: Path, model_id: str, *, timeout_s: float) -> Iterator[None]:
-    """An exclusive lock on one model id, shared by every process on this model directory.
+    """An exclusive lock on one model id, shared by every process on this model directory."""
+    with file_lock(model_dir / check_id(model_id, "model_id") / LOCK_FILE, timeout_s=timeout_s):
+        yield
 
-    `flock` on `<model_id>/.gate.lock`: the kernel drops it when its holder dies, so a killed
-    replica never leaves it taken. Raises `TimeoutError` when held elsewhere for `timeout_s`.
-    """
-    path = model_dir / check_id(model_id, "model_id") / LOCK_FILE
+
+@contextmanager
+def file_lock(path: Path, *, timeout_s: float) -> Iterator[None]:
+    """`flock` on `path`: the kernel drops it when its holder dies, so a killed replica never
+    leaves it taken. Raises `TimeoutError` when held elsewhere for `timeout_s`."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout_s

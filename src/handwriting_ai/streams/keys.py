@@ -54,3 +54,33 @@ def job_lock_key(request_id: str) -> str:
     """Which entry of a job is running now (`<consumer> <entry id>`), kept alive by the running
     worker's heartbeat: a second entry with the same request_id does not train it twice."""
     return f"digits:train:lock:{request_id}"
+
+
+# The model registry (`registry/redis_state.py`): Redis is the state every API replica shares.
+MODELS_SET = "digits:models"  # every model id with a stored version
+MODELS_SERVED_KEY = "digits:models:served"  # the served model ids in order, as a JSON list
+
+
+def model_state_key(model_id: str) -> str:
+    """Hash: `current`, `pinned`, `history` (JSON list) and `gate` (the gate record, JSON)."""
+    return f"digits:model:{model_id}"
+
+
+def model_versions_key(model_id: str) -> str:
+    """Hash: version -> its manifest.json. A version is stored once it is here."""
+    return f"digits:model:{model_id}:versions"
+
+
+def model_metrics_key(model_id: str) -> str:
+    """Hash: version -> its metrics.json."""
+    return f"digits:model:{model_id}:metrics"
+
+
+def model_blob_key(model_id: str, version: str) -> str:
+    """String: the version's model.pt, written before its manifest enters the versions hash."""
+    return f"digits:model:{model_id}:blob:{version}"
+
+
+def registry_lock_key(name: str) -> str:
+    """One replica at a time changes a model id's state (or, for `served`, the served set)."""
+    return f"digits:model:{name}:lock"

@@ -1,4 +1,5 @@
-"""The API's reload consumer: follow `digits:events` and hand each `completed` event to a callback.
+"""The API's reload consumer: follow `digits:events` and hand each `completed` and
+`digits.model.changed.v1` event to a callback.
 
 Plain XREAD, no consumer group: every API replica must see every event, since each one serves
 its own copy of the model. The callback only wakes the replica's reconciler
@@ -18,26 +19,27 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from handwriting_ai.contracts.converter import ContractError
-from handwriting_ai.contracts.events import TrainCompleted, decode_event
+from handwriting_ai.contracts.events import ModelChanged, TrainCompleted, decode_event
 from handwriting_ai.logging import get_logger
 from handwriting_ai.streams.follow import entries_of, xread_entries
 from handwriting_ai.streams.keys import EVENTS_STREAM
 
 log = get_logger(__name__)
-OnCompleted = Callable[[TrainCompleted], Awaitable[None]]
+OnEvent = Callable[[TrainCompleted | ModelChanged], Awaitable[None]]
+_HANDED_ON = {"digits.train.completed.v1", "digits.model.changed.v1"}
 
 
 class ReloadConsumer:
     def __init__(
         self,
         redis: Redis,
-        on_completed: OnCompleted,
+        on_event: OnEvent,
         *,
         block_ms: int = 1000,
         max_backoff_s: float = 5.0,
     ) -> None:
         self.redis = redis
-        self.on_completed = on_completed
+        self.on_event = on_event
         self.block_ms = block_ms
         self.max_backoff_s = max_backoff_s
         self.last_id: str | None = None
@@ -55,7 +57,7 @@ class ReloadConsumer:
         self.last_id = newest[0][0] if newest else "0-0"
 
     async def poll(self) -> int:
-        """One blocking read; returns how many `completed` events were handed on."""
+        """One blocking read; returns how many events were handed on."""
         if self.last_id is None:
             await self.prime()
         assert self.last_id is not None
@@ -65,21 +67,21 @@ class ReloadConsumer:
         handled = 0
         for entry_id, fields in xread_entries(reply):
             self.last_id = entry_id
-            if fields.get("type") != "digits.train.completed.v1":
+            if fields.get("type") not in _HANDED_ON:
                 continue
             try:
                 event = decode_event(fields)
             except ContractError as exc:
                 log.warning("event_malformed", entry_id=entry_id, errors=exc.errors)
                 continue
-            if isinstance(event, TrainCompleted):
+            if isinstance(event, TrainCompleted | ModelChanged):
                 await self._hand_on(event)
                 handled += 1
         return handled
 
-    async def _hand_on(self, event: TrainCompleted) -> None:
+    async def _hand_on(self, event: TrainCompleted | ModelChanged) -> None:
         try:
-            await self.on_completed(event)
+            await self.on_event(event)
         except Exception as exc:  # a bad reload must never stop the consumer or the app
             log.exception("model_reload_failed", model_id=event.model_id, reason=str(exc))
         self.handled += 1

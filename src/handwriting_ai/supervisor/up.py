@@ -8,7 +8,8 @@ environment, extended with `REDIS_URL`, the upload key (`SECURITY__ADMIN_KEY` fo
 `HANDWRITING_AI_CONFIG`. Without a configured key (`SECURITY__ADMIN_KEY`, else
 `SECURITY__API_KEY`) an upload key is generated once and kept in `<APP__DATA_ROOT>/admin_key`
 (mode 0600): uploads are never open, while reads and jobs stay keyless unless
-`SECURITY__API_KEY` is set.
+`SECURITY__API_KEY` is set. With `--worker-metrics-port BASE`, worker i (from 1) serves its
+Prometheus metrics on BASE+i-1, on the API's host (`digits worker --metrics-port`).
 
 On Ctrl-C / SIGTERM / SIGHUP the workers get SIGTERM first (a job that finishes within
 `STREAMS__SHUTDOWN_GRACE_S` still uploads to the API; an unfinished one stays pending for the next
@@ -54,6 +55,7 @@ STOP_MARGIN_S = 15.0  # on top of STREAMS__SHUTDOWN_GRACE_S, for the worker to p
 API_GRACEFUL_S = 3  # uvicorn's timeout_graceful_shutdown: open connections get this long
 API_STOP_DEADLINE_S = 6.0  # `digits serve` ends itself this long after SIGTERM, whatever is left
 API_STOP_TIMEOUT_S = 10.0  # SIGTERM to SIGKILL for the API, from `digits up`
+MAX_PORT = 65535
 
 
 def _say(message: str) -> None:
@@ -120,6 +122,21 @@ def bot_api_key(settings: Settings) -> str | None:
     return settings.security.api_key if bot_wanted(settings) else None
 
 
+def worker_metrics_ports(base: int, workers: int) -> list[int]:
+    """Worker i's (from 1) metrics port is `base + i - 1`; none when `base` is 0."""
+    return [base + i for i in range(workers)] if base else []
+
+
+def worker_metrics_lines(host: str, base: int, workers: int) -> list[str]:
+    """What `digits up` says about the workers' metrics, one line per worker."""
+    ports = worker_metrics_ports(base, workers)
+    if not ports:
+        return ["worker metrics: none (--worker-metrics-port BASE serves them)"]
+    return [
+        f"worker-{i} metrics: {local_url(host, p)}/metrics" for i, p in enumerate(ports, start=1)
+    ]
+
+
 def child_specs(
     env: Mapping[str, str],
     *,
@@ -128,10 +145,12 @@ def child_specs(
     workers: int,
     api_fd: int | None = None,
     bot_api_key: str | None = None,
+    worker_metrics_port: int = 0,
 ) -> list[ChildSpec]:
-    """The API (on `host:port`, or on the listening socket `api_fd` when given), then workers,
-    then the Discord bot unless `bot_api_key` is None (no `BOT__TOKEN`). The bot is a client of
-    `/v1/*`: it sends the API key (`SECURITY__API_KEY`), never the workers' upload key."""
+    """The API (on `host:port`, or on the listening socket `api_fd` when given), then workers
+    (with their metrics on `host`, from port `worker_metrics_port` on, unless it is 0), then the
+    Discord bot unless `bot_api_key` is None (no `BOT__TOKEN`). The bot is a client of `/v1/*`:
+    it sends the API key (`SECURITY__API_KEY`), never the workers' upload key."""
     where = ("--host", host, "--port", str(port)) if api_fd is None else ("--fd", str(api_fd))
     api = ChildSpec(
         "api",
@@ -140,12 +159,22 @@ def child_specs(
         stop_timeout_s=API_STOP_TIMEOUT_S,
         pass_fds=() if api_fd is None else (api_fd,),
     )
-    worker_argv = (sys.executable, "-m", "handwriting_ai.worker")
+    metrics_ports = worker_metrics_ports(worker_metrics_port, workers)
+
+    def worker_argv(i: int) -> tuple[str, ...]:
+        argv = (sys.executable, "-m", "handwriting_ai.worker")
+        if not metrics_ports:
+            return argv
+        return (*argv, "--metrics-port", str(metrics_ports[i - 1]), "--metrics-host", host)
+
     # Workers stop first: a job that finishes within the grace period still uploads to the API.
     bot_argv = (sys.executable, "-m", "handwriting_ai.cli", "bot")
     return [
         api,
-        *(ChildSpec(f"worker-{i}", worker_argv, env, stop_wave=1) for i in range(1, workers + 1)),
+        *(
+            ChildSpec(f"worker-{i}", worker_argv(i), env, stop_wave=1)
+            for i in range(1, workers + 1)
+        ),
         *(
             [ChildSpec("bot", bot_argv, {**env, "HANDWRITING_API_KEY": bot_api_key}, stop_wave=1)]
             if bot_api_key is not None
@@ -250,6 +279,23 @@ class StopRequests:
             signal.signal(sig, handler)
 
 
+def metrics_ports_problem(base: int, workers: int, host: str, *, api_port: int) -> str:
+    """Why the workers could not serve their metrics from port `base` on; "" when they can.
+    Checked before anything starts: a worker whose port is taken exits, again and again."""
+    if base == 0 or workers == 0:
+        return ""
+    ports = worker_metrics_ports(base, workers)
+    if base < 0 or ports[-1] > MAX_PORT:
+        return f"--worker-metrics-port: ports {ports[0]}..{ports[-1]} are not all valid ports"
+    if api_port in ports:
+        return f"--worker-metrics-port: port {api_port} is the API's"
+    busy = [p for p in ports if not port_is_free(p, host)]
+    if busy:
+        taken = ", ".join(str(p) for p in busy)
+        return f"cannot serve worker metrics on {host}: port {taken} in use (--worker-metrics-port)"
+    return ""
+
+
 def bind_any_port(host: str) -> socket.socket:
     """A socket bound to `host` and a port the kernel picks (`APP__PORT=0`), for the API to listen
     on: until it does, connections are refused, as with a port it binds itself."""
@@ -267,6 +313,7 @@ def up(
     port: int | None,
     redis_port: int | None = None,
     config: Path | None = None,
+    worker_metrics_port: int = 0,
 ) -> int:
     """Run Redis (unless `REDIS_URL`), the API and `workers` workers until Ctrl-C / SIGTERM.
     Port 0: the kernel picks the API's port; `digits up` binds it, says which (`API: <url>`) and
@@ -276,6 +323,10 @@ def up(
         return 2
     host = host or settings.app.host
     port = settings.app.port if port is None else port
+    problem = metrics_ports_problem(worker_metrics_port, workers, host, api_port=port)
+    if problem:
+        _say(problem)
+        return 2
     listener: socket.socket | None = None
     if port == 0:
         listener = bind_any_port(host)
@@ -289,7 +340,18 @@ def up(
     try:
         guard.start()
         api_fd = None if listener is None else listener.fileno()
-        return _up(settings, guard, stops, workers, host, port, api_fd, redis_port, config)
+        return _up(
+            settings,
+            guard,
+            stops,
+            workers,
+            host,
+            port,
+            api_fd,
+            redis_port,
+            config,
+            worker_metrics_port,
+        )
     finally:
         stops.restore()
         guard.close()
@@ -307,6 +369,7 @@ def _up(
     api_fd: int | None,
     redis_port: int | None,
     config: Path | None,
+    worker_metrics_port: int,
 ) -> int:
     redis: EmbeddedRedis | None = None
     if settings.redis_url:
@@ -336,6 +399,7 @@ def _up(
                 workers=workers,
                 api_fd=api_fd,
                 bot_api_key=bot_api_key(settings),
+                worker_metrics_port=worker_metrics_port,
             ),
             stop_timeout_s=settings.streams.shutdown_grace_s + STOP_MARGIN_S,
             guard=guard,
@@ -346,6 +410,8 @@ def _up(
             supervisor.hooks.append(RedisWatch(redis, supervisor))
         _say(f"Redis: {redis_note}")
         _say(f"API: {api_url} ({workers} worker{'s' if workers != 1 else ''})")
+        for line in worker_metrics_lines(host, worker_metrics_port, workers):
+            _say(line)
         bot_note = "started (BOT__TOKEN)" if bot_wanted(settings) else "none (no BOT__TOKEN)"
         _say(f"Discord bot: {bot_note}")
         if key_file is not None:

@@ -1,13 +1,9 @@
 """The worker: a consumer in `digits-workers` that reads new jobs AND reclaims dead workers' jobs.
 
 Loops, all on one event loop that never blocks on torch:
-- dispatch: for each free slot, take our own pending entries first (a restart, or a job of ours
-  that ended without an outcome), then a dead worker's entry (`group.suspects` -> a confirmation
-  window -> `group.claim`), then new entries (XREADGROUP `>`);
-- heartbeat: renew our lease, XCLAIM our in-flight entries (idle time stays low), cancel a run
-  whose entry another worker took, refresh the per-job locks and the health key, and pass on
-  cancellation requests;
-- maintenance: move due retries back onto the stream, trim it, forget consumers that are gone.
+- dispatch (here): for each free slot, the next entry from the `Intake` (our own pending entries,
+  then a dead worker's, then new ones), run as a `JobRun` whose outcome is counted;
+- heartbeat and maintenance: `Upkeep`, each step repeated by `_every`.
 
 Stopping: the first SIGTERM/SIGINT stops reading and gives running jobs `shutdown_grace_s`; the
 second (or the death of the parent that started us) kills the training children and exits at once.
@@ -20,9 +16,7 @@ import asyncio
 import contextlib
 import math
 import os
-import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -30,22 +24,26 @@ from redis.exceptions import RedisError, ResponseError
 from handwriting_ai.contracts.events import now_iso
 from handwriting_ai.logging import get_logger
 from handwriting_ai.settings import Settings
-from handwriting_ai.streams.keys import HEALTH_TTL_S, status_key, worker_health_key
+from handwriting_ai.streams.keys import worker_health_key
 from handwriting_ai.streams.publisher import EventPublisher
-from handwriting_ai.worker import group, ledger, lifecycle
+from handwriting_ai.worker import group, lifecycle
 from handwriting_ai.worker.commit import commit
-from handwriting_ai.worker.delivery import SuspectTracker, consumer_name
+from handwriting_ai.worker.counts import JobCounts
+from handwriting_ai.worker.delivery import consumer_name
 from handwriting_ai.worker.group import Entry
+from handwriting_ai.worker.inflight import InFlight
+from handwriting_ai.worker.intake import CLEANUP_TIMEOUT_S, Intake, unless_stopping
 from handwriting_ai.worker.job import JobRun, Outcome, Running, WorkerParts
 from handwriting_ai.worker.lifecycle import Limits
+from handwriting_ai.worker.metrics import WorkerMetrics
 from handwriting_ai.worker.slots import Slot, SlotPool, SlotsBrokenError
+from handwriting_ai.worker.upkeep import Upkeep
 from handwriting_ai.worker.uploader import check_upload_key
 
+__all__ = ["CLEANUP_TIMEOUT_S", "EXIT_BROKEN", "EXIT_CONFIG_ERROR", "Worker"]
+
 log = get_logger(__name__)
-T = TypeVar("T")
-TRIM_INTERVAL_S = 30.0
 ERROR_PAUSE_S = 0.5
-CLEANUP_TIMEOUT_S = 2.0
 FORCED_EXIT_AFTER_S = 3.0  # a forced stop that has not finished by then ends the process
 EXIT_CONFIG_ERROR = 2
 EXIT_BROKEN = 1
@@ -61,12 +59,17 @@ class Worker:
         burst: bool = False,
         consumer: str | None = None,
         crash_at: str = "",
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        """`metrics`: the registry a metrics server reads; without one, the worker keeps its
+        counters for nobody and skips the Redis reads that only the gauges need."""
         self.settings = settings
         self.redis = redis
         self.concurrency = max(1, concurrency)
         self.burst = burst
         self.consumer = consumer or consumer_name()
+        self.metrics = metrics if metrics is not None else WorkerMetrics()
+        self.metrics.slots.set(self.concurrency)
         streams = settings.streams
         self.parts = WorkerParts(
             redis=redis,
@@ -85,6 +88,7 @@ class Worker:
                 failure_ttl_s=streams.failure_ttl_s,
                 events_maxlen=settings.events.maxlen,
             ),
+            metrics=self.metrics,
             crash_at=crash_at,
         )
         self.pool = SlotPool(
@@ -93,32 +97,35 @@ class Worker:
             log_format=settings.app.log_format,
             fail_restart=crash_at == "slot_restart",
         )
-        # A lease outlives a few missed heartbeats; a dead owner's entries are suspect after it.
-        self.lease_ms = int(streams.heartbeat_interval_s * 2000)
-        self.confirm_window_s = streams.heartbeat_interval_s * 2
-        self.suspects = SuspectTracker()
-        self.own_cursor = True  # read our own pending entries (from the start) before new ones
-        self.running: dict[str, Running] = {}
-        self.runs: dict[str, JobRun] = {}
-        self.tasks: dict[str, asyncio.Task[Outcome]] = {}
-        self.lost: set[str] = set()
+        self.jobs = InFlight()
         self.stopping = asyncio.Event()
         self.forced = False
         self.exit_code = 0
         self.main_task: asyncio.Task[None] | None = None
-        self.jobs_complete = 0
-        self.jobs_failed = 0
-        self.jobs_retried = 0
-        self.jobs_skipped = 0
-        self._last_trim = 0.0
+        self.counts = JobCounts()
         self.log = log.bind(consumer=self.consumer)
+        self.intake = Intake(
+            redis,
+            settings,
+            consumer=self.consumer,
+            jobs=self.jobs,
+            metrics=self.metrics,
+            stopping=self.stopping,
+            burst=burst,
+            log=self.log,
+        )
+        self.upkeep = Upkeep(
+            self.parts,
+            jobs=self.jobs,
+            intake=self.intake,
+            pool=self.pool,
+            health=self.__repr__,
+            watch_pending=metrics is not None,
+            log=self.log,
+        )
 
     def __repr__(self) -> str:
-        return (
-            f"<Worker {self.consumer} j_complete={self.jobs_complete} j_failed={self.jobs_failed}"
-            f" j_retried={self.jobs_retried} j_skipped={self.jobs_skipped}"
-            f" j_ongoing={len(self.tasks)}>"
-        )
+        return f"<Worker {self.consumer} {self.counts.summary()} j_ongoing={len(self.jobs.tasks)}>"
 
     # ------------------------------------------------------------------ stopping
 
@@ -128,17 +135,17 @@ class Worker:
         if self.stopping.is_set():
             self.force("asked again")
             return
-        self.log.info("worker_stopping", running=len(self.tasks))
-        self.stopping.set()  # a blocked read is abandoned at once (`_unless_stopping`)
+        self.log.info("worker_stopping", running=len(self.jobs.tasks))
+        self.stopping.set()  # a blocked read is abandoned at once (`unless_stopping`)
 
     def force(self, reason: str) -> None:
         if self.forced:
             return
-        self.log.warning("worker_stopping_now", reason=reason, running=len(self.tasks))
+        self.log.warning("worker_stopping_now", reason=reason, running=len(self.jobs.tasks))
         self.forced = True
         self.stopping.set()
         self.pool.kill_all()
-        for task in self.tasks.values():
+        for task in self.jobs.tasks.values():
             task.cancel()
         if self.main_task is not None:
             self.main_task.cancel()
@@ -157,8 +164,10 @@ class Worker:
         try:
             if await self.start():
                 background = [
-                    asyncio.create_task(self._every(self.heartbeat_s, self.beat)),
-                    asyncio.create_task(self._every(self._maintenance_tick_s(), self.maintain)),
+                    asyncio.create_task(self._every(self.heartbeat_s, self.upkeep.beat)),
+                    asyncio.create_task(
+                        self._every(self._maintenance_tick_s(), self.upkeep.maintain)
+                    ),
                 ]
                 self.log.info("worker_started", concurrency=self.concurrency, burst=self.burst)
                 await self.dispatch()
@@ -191,10 +200,10 @@ class Worker:
                 await asyncio.sleep(delay_s)
                 delay_s = min(self.heartbeat_s, delay_s * 2)
         # Warming the slots imports torch (seconds): a stop meanwhile does not wait for it.
-        if not await self._unless_stopping(self.pool.start(), False):
+        if not await unless_stopping(self.pool.start(), self.stopping, False):
             return False
         with contextlib.suppress(RedisError):  # the heartbeat writes it again
-            await self.write_health()
+            await self.upkeep.write_health()
         return not self.stopping.is_set()
 
     def _maintenance_tick_s(self) -> float:
@@ -207,25 +216,25 @@ class Worker:
             except ResponseError as exc:
                 await self._on_response_error(exc)
             except RedisError as exc:
-                self.suspects.reset()  # we were cut off too: what we saw says nothing
+                self.intake.cut_off()
                 self.log.warning("redis_error", step=step.__name__, error=str(exc))
             except Exception:  # a bug in one step must not silently end the heartbeat
                 self.log.exception("step_failed", step=step.__name__)
             await asyncio.sleep(interval_s)
 
     async def _on_response_error(self, exc: ResponseError) -> None:
-        self.suspects.reset()
+        self.intake.cut_off()
         if group.is_nogroup(exc):  # Redis came back empty: the group must exist again
             self.log.warning("group_missing", error=str(exc))
             await group.ensure_group(self.redis)
-            self.own_cursor = True
+            self.intake.own_cursor = True
         else:
             self.log.warning("redis_error", error=str(exc))
             await asyncio.sleep(ERROR_PAUSE_S)
 
     async def shutdown(self, background: list[asyncio.Task[None]]) -> None:
         self.stopping.set()
-        tasks = list(self.tasks.values())
+        tasks = list(self.jobs.tasks.values())
         if tasks:
             grace_s = 0.0 if self.forced else self.settings.streams.shutdown_grace_s
             unfinished = set(tasks)
@@ -264,7 +273,6 @@ class Worker:
         return None
 
     async def dispatch(self) -> None:
-        last_reclaim = 0.0
         while not self.stopping.is_set():
             slot = await self._free_slot()
             if slot is None:
@@ -272,105 +280,28 @@ class Worker:
             entry: Entry | None = None
             deliveries = 1
             try:
-                entry, deliveries, last_reclaim = await self.next_entry(last_reclaim)
+                entry, deliveries = await self.intake.next_entry()
             except ResponseError as exc:
                 await self._on_response_error(exc)
             except RedisError as exc:
-                self.suspects.reset()
+                self.intake.cut_off()
                 self.log.warning("redis_error", step="dispatch", error=str(exc))
                 await asyncio.sleep(ERROR_PAUSE_S)
             if entry is None or self.stopping.is_set():
                 self.pool.free.put_nowait(slot)  # an entry read now stays pending to us
-                if self.burst and await self._drained():
+                if self.burst and await self.intake.drained():
                     return
                 continue
             self.start_job(entry, deliveries, slot)
-
-    async def _unless_stopping(self, step: Awaitable[T], default: T) -> T:
-        """The step's result, or `default` if a stop comes first: the step is then cancelled (an
-        entry a read was handed stays pending to us, and the lease we drop on exit frees it)."""
-        running = asyncio.ensure_future(step)
-        stopped = asyncio.ensure_future(self.stopping.wait())
-        try:
-            await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            if not running.done():
-                running.cancel()
-                await asyncio.wait({running}, timeout=CLEANUP_TIMEOUT_S)
-        if running.cancelled() or not running.done():
-            return default
-        return running.result()
-
-    async def _drained(self) -> bool:
-        """Burst mode ends when nothing runs, no retry is waiting and nothing is new. The stream
-        is asked last: a retry moved onto it after our empty read is then still seen."""
-        if self.tasks or await ledger.pending_retries(self.redis) > 0:
-            return False
-        return not await group.has_undelivered(self.redis)
-
-    async def _own_pending(self) -> Entry | None:
-        own = await group.read_own_pending(self.redis, self.consumer, count=100)
-        fresh = [e for e in own if e[0] not in self.running]
-        if fresh:
-            return fresh[0]
-        self.own_cursor = False
-        return None
-
-    async def _reclaim(self) -> Entry | None:
-        started = time.monotonic()
-        found = await group.suspects(self.redis, self.consumer)
-        now = time.monotonic()
-        if now - started > self.heartbeat_s:
-            self.suspects.reset()  # a stalled round trip (a paused Redis): we saw nothing
-            return None
-        self.suspects.observe(found, now)
-        for entry_id, owner in self.suspects.confirmed(now, self.confirm_window_s):
-            if entry_id in self.running:
-                continue
-            self.suspects.forget(entry_id)
-            entry = await group.claim(
-                self.redis,
-                self.consumer,
-                entry_id,
-                owner=owner,
-                min_idle_ms=int(self.settings.streams.claim_min_idle_s * 1000),
-            )
-            if entry is not None:
-                self.log.info("entry_reclaimed", entry_id=entry_id, owner=owner)
-                return entry
-        return None
-
-    async def next_entry(self, last_reclaim: float) -> tuple[Entry | None, int, float]:
-        if self.own_cursor:
-            own = await self._own_pending()
-            if own is not None:
-                return own, await group.deliveries(self.redis, own[0]), last_reclaim
-        now = time.monotonic()
-        if now - last_reclaim >= self.settings.streams.reclaim_interval_s:
-            last_reclaim = now
-            entry = await self._reclaim()
-            if entry is not None:
-                return entry, await group.deliveries(self.redis, entry[0]), last_reclaim
-        block_ms = int(
-            min(self.settings.streams.block_ms, self.settings.streams.reclaim_interval_s * 1000)
-        )
-        if self.burst:
-            block_ms = min(block_ms, 100)
-        new = await self._unless_stopping(
-            group.read_new(self.redis, self.consumer, count=1, block_ms=max(1, block_ms)), []
-        )
-        if new:
-            return new[0], 1, last_reclaim
-        return None, 1, last_reclaim
 
     def start_job(self, entry: Entry, deliveries: int, slot: Slot) -> None:
         entry_id, fields = entry
         run = JobRun(self.parts, entry_id, fields, deliveries)
         running = Running(entry_id, run.ref.request_id)
-        self.running[entry_id] = running
-        self.runs[entry_id] = run
-        self.tasks[entry_id] = asyncio.create_task(self._job(run, running, slot))
+        self.jobs.running[entry_id] = running
+        self.jobs.runs[entry_id] = run
+        self.jobs.tasks[entry_id] = asyncio.create_task(self._job(run, running, slot))
+        self.metrics.running.set(len(self.jobs.tasks))
 
     async def _job(self, run: JobRun, running: Running, slot: Slot) -> Outcome:
         outcome: Outcome = "abandoned"
@@ -389,7 +320,7 @@ class Worker:
         try:
             outcome = await run.run(running, slot, free_slot)
         except asyncio.CancelledError:
-            if running.entry_id in self.lost:
+            if running.entry_id in self.jobs.lost:
                 run.log.warning("job_lost")
             else:
                 run.log.warning("job_abandoned")
@@ -408,10 +339,9 @@ class Worker:
                 if not self.stopping.is_set():
                     with contextlib.suppress(SlotsBrokenError):
                         await self.pool.release(slot)
-            self.running.pop(running.entry_id, None)
-            self.runs.pop(running.entry_id, None)
-            self.tasks.pop(running.entry_id, None)
-            self.lost.discard(running.entry_id)
+            if running.entry_id in self.jobs.lost:
+                outcome = "lost"
+            self.jobs.remove(running.entry_id)
             self._count(outcome)
         return outcome
 
@@ -429,70 +359,7 @@ class Worker:
                 )
 
     def _count(self, outcome: Outcome) -> None:
-        if outcome == "completed":
-            self.jobs_complete += 1
-        elif outcome in ("failed", "dead", "cancelled"):
-            self.jobs_failed += 1
-        elif outcome == "retried":
-            self.jobs_retried += 1
-        elif outcome == "skipped":
-            self.jobs_skipped += 1
-
-    # ------------------------------------------------------------------ heartbeat
-
-    async def beat(self) -> None:
-        # A run that wrote its ending no longer holds its entry, even while its slot restarts.
-        snapshot = {e: r for e, r in self.running.items() if not self._ended(e)}
-        mine, held = await group.heartbeat(
-            self.redis, self.consumer, snapshot, lease_ms=self.lease_ms
-        )
-        for entry_id in snapshot:
-            task = self.tasks.get(entry_id)
-            if entry_id not in mine and task is not None and not task.done():
-                # Another worker took the entry (we were frozen past its checks): it runs it now,
-                # and our fenced writes would be refused anyway.
-                self.log.warning("entry_lost", entry_id=entry_id)
-                self.lost.add(entry_id)
-                task.cancel()
-        if held - set(self.running):
-            self.own_cursor = True  # ours but not running: a job that ended without an outcome
-        await ledger.refresh_locks(
-            self.redis,
-            {
-                r.request_id: f"{self.consumer} {r.entry_id}"
-                for e, r in snapshot.items()
-                if e in mine
-            },
-            ttl_s=self.parts.lock_ttl_s,
-        )
-        await self.poll_cancellations([snapshot[e] for e in snapshot if e in mine])
-        await self.write_health()
-
-    def _ended(self, entry_id: str) -> bool:
-        run = self.runs.get(entry_id)
-        return run is not None and run.ended
-
-    async def poll_cancellations(self, running: list[Running]) -> None:
-        for job in running:
-            flag: object = await self.redis.hget(status_key(job.request_id), "cancel_requested")
-            if flag in ("1", b"1") and job.slot is not None:
-                self.log.info("job_cancel_requested", request_id=job.request_id)
-                job.slot.cancel()
-
-    async def write_health(self) -> None:
-        if self.pool.broken:
-            return  # no healthy line for a worker that cannot train
-        await self.redis.set(worker_health_key(self.consumer), repr(self), ex=HEALTH_TTL_S)
-
-    # ------------------------------------------------------------------ maintenance
-
-    async def maintain(self) -> None:
-        moved = await ledger.move_due_retries(self.redis)
-        if moved:
-            self.log.info("retries_moved", count=moved)
-        now = time.monotonic()
-        if now - self._last_trim >= TRIM_INTERVAL_S:
-            self._last_trim = now
-            point = await group.trim(self.redis)
-            removed = await group.remove_gone_consumers(self.redis, self.consumer)
-            self.log.debug("stream_maintained", trim_minid=point, removed_consumers=removed)
+        """Every run ends here exactly once: the health line's tally and the metrics."""
+        self.counts.add(outcome)
+        self.metrics.job_ended(outcome)
+        self.metrics.running.set(len(self.jobs.tasks))

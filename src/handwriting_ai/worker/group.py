@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from attrs import frozen
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -29,6 +30,16 @@ from handwriting_ai.streams.keys import (
 from handwriting_ai.worker.delivery import parse_id, trim_point
 
 Entry = tuple[str, dict[str, str]]
+
+
+@frozen
+class PendingSummary:
+    """XPENDING's summary of the group, at Redis' own time (`server_ms`)."""
+
+    count: int
+    oldest_id: str | None
+    server_ms: int
+
 
 log = get_logger(__name__)
 GONE_IDLE_MS = 120_000  # a consumer this quiet, without a health key, has stopped for good
@@ -244,6 +255,23 @@ async def trim(redis: Redis) -> str | None:
     if point is not None:
         await redis.xtrim(JOBS_STREAM, minid=point, approximate=False)
     return point
+
+
+async def pending_summary(redis: Redis) -> PendingSummary:
+    """The group's pending count and oldest pending id with Redis' clock, in one round trip: an
+    entry id is Redis' clock in ms, so its age needs no trust in ours."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xpending(JOBS_STREAM, JOBS_GROUP)
+        pipe.time()
+        summary, clock = await pipe.execute()
+    count = summary.get("pending") if isinstance(summary, Mapping) else 0
+    oldest = _s(summary.get("min")) if isinstance(summary, Mapping) and count else None
+    seconds, micros = clock if isinstance(clock, tuple | list) else (0, 0)
+    return PendingSummary(
+        count=int(count) if isinstance(count, int) else 0,
+        oldest_id=oldest,
+        server_ms=int(seconds) * 1000 + int(micros) // 1000,
+    )
 
 
 async def remove_gone_consumers(redis: Redis, me: str) -> list[str]:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from attrs import define, frozen
 from redis.asyncio import Redis
@@ -30,6 +30,7 @@ from handwriting_ai.models import UnknownArchError, arch_for_model_id
 from handwriting_ai.settings import Settings
 from handwriting_ai.streams.publisher import EventPublisher
 from handwriting_ai.streams.status import JobStatus, read_status
+from handwriting_ai.training.progress import BatchProgress
 from handwriting_ai.worker import lifecycle
 from handwriting_ai.worker.child import ChildDone, ChildError, ChildJob
 from handwriting_ai.worker.commit import Committed, commit
@@ -44,6 +45,9 @@ from handwriting_ai.worker.uploader import (
     UploadRefusedError,
     upload_artifacts,
 )
+
+if TYPE_CHECKING:  # metrics.py imports `Outcome` from here
+    from handwriting_ai.worker.metrics import WorkerMetrics
 
 log = get_logger(__name__)
 Outcome = Literal[
@@ -70,6 +74,7 @@ class WorkerParts:
     concurrency: int
     lock_ttl_s: int
     limits: Limits
+    metrics: WorkerMetrics
     crash_at: str = ""  # fault injection: SIGKILL ourselves at this point (tests only)
 
 
@@ -197,6 +202,7 @@ class JobRun:
             self.log.warning("entry_lost", transition="started")
             return "lost"
         self.started_run = True
+        self.parts.metrics.started.inc()
         self.log.info("job_started", attempt=self.attempt, crashes=crashes)
         return job
 
@@ -293,6 +299,7 @@ class JobRun:
             timeout_s=self.settings.streams.heartbeat_interval_s,
         )
         loop = asyncio.get_running_loop()
+        metrics = self.parts.metrics
         messages = slot.run(self._child_job(job))
         outcome: ChildDone | ChildError | None = None
         reported: ChildDone | ChildError | None = None  # said by the child itself
@@ -309,6 +316,8 @@ class JobRun:
                         "system", f"training process ended (exit code {message.exitcode})"
                     )
                 else:
+                    if isinstance(message, BatchProgress):
+                        metrics.training_rate(self.entry_id, message.samples_per_sec)
                     await relay.progress(message)
         except StopAsyncIteration:
             outcome = ChildError("system", "training process gave no result")
@@ -317,6 +326,7 @@ class JobRun:
                 "system", f"training took longer than {self.settings.streams.job_timeout_s} s"
             )
         finally:
+            metrics.training_rate(self.entry_id, None)
             await messages.aclose()
             if reported is None:
                 slot.kill()  # no orphan run: the slot is replaced before its next job
@@ -332,6 +342,7 @@ class JobRun:
                 api_url=self.settings.handwriting_api_url,
                 api_key=self.settings.handwriting_api_key,
                 deadline=deadline,
+                on_retry=self.parts.metrics.upload_retries.inc,
             )
         except UploadKeyError as exc:
             self.log.error("upload_key_refused", error=str(exc))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -90,8 +91,10 @@ async def upload_artifacts(
     api_url: str,
     api_key: str,
     deadline: float,
+    on_retry: Callable[[], None] = lambda: None,
 ) -> Uploaded:
-    """Upload until it succeeds, is refused, or `deadline` (event-loop time) passes."""
+    """Upload until it succeeds, is refused, or `deadline` (event-loop time) passes; `on_retry`
+    is called before each retry (the worker counts them)."""
     files = {
         "model": (MODEL_FILE, (directory / MODEL_FILE).read_bytes(), "application/octet-stream"),
         "manifest": (MANIFEST_FILE, (directory / MANIFEST_FILE).read_bytes(), "application/json"),
@@ -122,6 +125,7 @@ async def upload_artifacts(
             if loop.time() + delay_s > deadline:
                 break
             log.warning("upload_retry", attempt=attempt, problem=problem, retry_in_s=delay_s)
+            on_retry()
             await asyncio.sleep(delay_s)
     raise UploadError(f"upload failed after {attempt} attempts: {problem}")
 
