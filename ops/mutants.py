@@ -390,13 +390,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "sse_buffers_until_the_end",
         "streams",
         S + "api/events_sse.py",
-        "async for entry in follow_job(redis, request_id, after_id=after_id, block_ms=block_ms):",
+        "async for entry in hub.follow_job(request_id, after_id=after_id, idle_s=idle_s):",
         "for entry in [\n"
-        "            e\n"
-        "            async for e in follow_job(\n"
-        "                redis, request_id, after_id=after_id, block_ms=block_ms\n"
-        "            )\n"
-        "        ]:",
+        "                e\n"
+        "                async for e in hub.follow_job("
+        "request_id, after_id=after_id, idle_s=idle_s)\n"
+        "            ]:",
         "tests/test_sse_live.py",
     ),
     m(
@@ -593,6 +592,48 @@ MUTANTS: tuple[Mutant, ...] = (
         "scale = dct_scale(max(width, height))",
         "scale = 1",
         "tests/test_phone_photos.py",
+    ),
+    m(
+        "registry_versions_not_fetched",
+        "registry",
+        S + "registry/redis_state.py",
+        "for version in sorted(stored - local):",
+        "for version in sorted(stored - local)[:0]:",
+        "tests/faults/test_replicas_apart.py",
+    ),
+    m(
+        "operator_promotion_undone_by_the_gate",
+        "registry",
+        S + "inference/reconcile.py",
+        """        if current not in record.decisions:
+            # Served, so decided""",
+        """        if False:
+            # Served, so decided""",
+        "tests/test_models_cli.py",
+    ),
+    m(
+        "feedback_gate_off",
+        "feedback",
+        S + "inference/reconcile.py",
+        '        if served is None or self.feedback is None:\n            return ""',
+        '        if True:\n            return ""',
+        "tests/test_feedback_gate.py",
+    ),
+    m(
+        "corrections_not_mixed_into_training",
+        "feedback",
+        S + "training/run.py",
+        "    pixels, labels = repeated(feedback.trained, repeat)\n",
+        "    return x, y\n",
+        "tests/test_feedback_training.py",
+    ),
+    m(
+        "a_read_corrected_twice",
+        "feedback",
+        S + "api/feedback.py",
+        "if redis.call('HSETNX', KEYS[1], 'corrected', label) == 0 then",
+        "if false then",
+        "tests/test_feedback_api.py",
     ),
 )
 

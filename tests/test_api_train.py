@@ -125,7 +125,7 @@ def test_train_refuses_invalid_jobs_readably(
     )
     assert typo.message == (
         "unknown field (known: augment, batch_size, epochs, lr, model_id, notes, request_id, "
-        "seed, type, user_id) @ $.epoch"
+        "seed, type, use_feedback, user_id) @ $.epoch"
     )
     bad = assert_error(
         client.post("/v1/train", json={"model_id": "mnist_digitnet_v1", "epochs": "abc"}),

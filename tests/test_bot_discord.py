@@ -1,6 +1,7 @@
-"""The Discord layer's `/read` and `/train` handlers, called with a minimal stand-in for the
-interaction (the only stand-in) against the live API over HTTP and a real Redis; the command tree
-`DigitsBot` registers; `digits bot` without the extra or a token; `digits up` without a token."""
+"""The Discord layer's `/read` and `/train` handlers and a reading's correction control, called
+with a minimal stand-in for the interaction (the only stand-in) against the live API over HTTP and
+a real Redis; the command tree `DigitsBot` registers; `digits bot` without the extra or a token;
+`digits up` without a token."""
 
 from __future__ import annotations
 
@@ -19,20 +20,22 @@ import stream_helpers
 from handwriting_ai import cli
 from handwriting_ai.api.app import create_app
 from handwriting_ai.bot.commands import Commands, TrainDefaults
-from handwriting_ai.bot.discord_app import DigitsBot, Handlers
-from handwriting_ai.bot.editor import ThrottledEditor
+from handwriting_ai.bot.corrections import NOT_YOURS
+from handwriting_ai.bot.discord_app import CorrectionView, DigitsBot, Handlers
+from handwriting_ai.bot.editor import MessageRef, ThrottledEditor
 from handwriting_ai.bot.follower import Follower
 from handwriting_ai.bot.keys import jobs_key, message_key
 from handwriting_ai.bot.main import INSTALL_HINT, NO_TOKEN
 from handwriting_ai.bot.ratelimit import RateLimiter
 from handwriting_ai.client import AsyncClient
+from handwriting_ai.contracts.feedback import correction_from_fields
 from handwriting_ai.preprocessing.decode import limits_of
 from handwriting_ai.settings import Settings, load_settings
-from handwriting_ai.streams.keys import JOBS_STREAM
+from handwriting_ai.streams.keys import FEEDBACK_STREAM, JOBS_STREAM, read_sample_key
 from handwriting_ai.supervisor import child_specs
 from handwriting_ai.supervisor.up import bot_api_key, bot_wanted, child_environment
 from helpers import make_settings, png_bytes, seven, write_artifact
-from stream_helpers import sync_redis, xrange
+from stream_helpers import sync_redis, wait_for, xrange
 from test_bot_editor import Recorder
 from worker_support import API_KEY, serve_app
 
@@ -70,11 +73,18 @@ class Response:
 @define
 class Followup:
     calls: list[tuple[str, str, bool, bool]]
+    views: list[object]
 
     async def send(
-        self, content: str = "", *, ephemeral: bool = False, wait: Literal[True]
+        self,
+        content: str = "",
+        *,
+        ephemeral: bool = False,
+        view: object = None,
+        wait: Literal[True],
     ) -> Sent:
         self.calls.append(("followup", content, ephemeral, False))
+        self.views.append(view)
         return Sent(5000 + len(self.calls))
 
 
@@ -90,6 +100,7 @@ class Interaction:
     calls: list[tuple[str, str, bool, bool]] = field(factory=list)
     user: User = field(factory=lambda: User(USER))
     channel_id: int | None = CHANNEL
+    views: list[object] = field(factory=list)  # the view sent with each follow-up, or edited in
 
     @property
     def response(self) -> Response:
@@ -97,7 +108,12 @@ class Interaction:
 
     @property
     def followup(self) -> Followup:
-        return Followup(self.calls)
+        return Followup(self.calls, self.views)
+
+    async def edit_original_response(self, *, view: object = None) -> object:
+        self.calls.append(("edit_original_response", "", False, False))
+        self.views.append(view)
+        return None
 
 
 @define
@@ -132,8 +148,23 @@ def settings_for(model_dir: Path, **extra: str) -> Settings:
     return make_settings(model_dir, ["tiny_seven"], {"SECURITY__API_KEY": API_KEY, **extra})
 
 
+@define
+class Controls:
+    """`ControlEdits`: records the messages whose control was removed."""
+
+    removed: list[MessageRef] = field(factory=list)
+
+    async def remove_view(self, ref: MessageRef) -> None:
+        self.removed.append(ref)
+
+
 def handlers(
-    settings: Settings, url: str, follower: Follower | None = None
+    settings: Settings,
+    url: str,
+    follower: Follower | None = None,
+    *,
+    controls: Controls | None = None,
+    control_timeout_s: float | None = None,
 ) -> tuple[Handlers, AsyncClient]:
     api = AsyncClient(url, api_key=API_KEY, retry_delay_s=0.05)
     commands = Commands(
@@ -143,7 +174,8 @@ def handlers(
         defaults=TrainDefaults(model_id=settings.bot.train_model_id),
         follower=follower,
     )
-    return Handlers(commands), api
+    made = Handlers(commands, controls=controls, control_timeout_s=control_timeout_s)
+    return made, api
 
 
 @pytest.fixture
@@ -216,6 +248,116 @@ async def test_read_checks_dimensions_from_the_header_before_uploading(models: P
     await handler.read(interaction, Upload(png_of(40, 40)))
     assert interaction.calls[-1][1].startswith("The digit service can't be reached right now.")
     await api.aclose()
+
+
+# ------------------------------------------------------------------- the correction control
+
+
+async def _read_with_control(handler: Handlers) -> tuple[CorrectionView, Interaction]:
+    """A `/read` of a seven: the reply and the control sent with it."""
+    interaction = Interaction()
+    await handler.read(interaction, Upload(png_bytes(seven())))
+    (_, (kind, text, ephemeral, _)) = interaction.calls
+    control = interaction.views[-1]
+    assert (kind, ephemeral) == ("followup", False)
+    assert READING.match(text) is not None, text
+    assert isinstance(control, CorrectionView)
+    return control, interaction
+
+
+async def _pick(handler: Handlers, control: CorrectionView, user: int, label: str) -> Interaction:
+    """What discord.py does with a pick: the view's `interaction_check`, then the callback."""
+    interaction = Interaction(user=User(user))
+    if await handler.check_owner(interaction, control.target):
+        await handler.pick(interaction, control, [label])
+    return interaction
+
+
+async def test_a_reading_is_corrected_through_its_control_onto_the_feedback_stream(
+    models: Path, redis_url: str
+) -> None:
+    settings = settings_for(models, REDIS_URL=redis_url)
+    controls = Controls()
+    with serve_app(create_app(settings)) as url:
+        handler, api = handlers(settings, url, controls=controls, control_timeout_s=900.0)
+        control, _ = await _read_with_control(handler)
+        # "It was a …" with the ten digits, the read one marked, for 15 minutes.
+        select = control.select
+        assert select.placeholder == "It was a …"
+        assert [(o.label, o.value) for o in select.options] == [(str(d), str(d)) for d in range(10)]
+        assert [o.value for o in select.options if o.description == "What I read"] == ["7"]
+        assert control.timeout == 900.0
+        assert control.target.owner_id == USER
+        assert control.ref == MessageRef(CHANNEL, 5002)
+        rid = control.target.request_id
+        with sync_redis(redis_url) as r:
+            wait_for(lambda: bool(r.exists(read_sample_key(rid))), what="the sample to be kept")
+
+        # Someone else: refused privately, nothing sent to the service.
+        other = await _pick(handler, control, USER + 1, "1")
+        assert other.calls == [("send_message", NOT_YOURS, True, False)]
+        assert xrange(redis_url, FEEDBACK_STREAM) == []
+
+        # The asker: acknowledged, thanked privately, the control disabled in place.
+        mine = await _pick(handler, control, USER, "4")
+        assert mine.calls == [
+            ("defer", "", False, False),
+            (
+                "followup",
+                "Thanks — saved as a 4: it will help the next training run with corrections.",
+                True,
+                False,
+            ),
+            ("edit_original_response", "", False, False),
+        ]
+        assert mine.views[-1] is control
+        assert select.disabled
+        assert select.placeholder == "Corrected: it was a 4"
+        assert control.is_finished()
+        ((_, fields),) = xrange(redis_url, FEEDBACK_STREAM)
+        correction = correction_from_fields(fields)
+        assert (correction.request_id, correction.label, correction.predicted) == (rid, 4, 7)
+        assert (correction.user_id, correction.model_id) == (USER, "tiny_seven")
+
+        # A second pick (a double click, or a second bot): the service keeps the first.
+        again = await _pick(handler, control, USER, "5")
+        assert again.calls[1:] == [("followup", "That reading was already corrected.", True, False)]
+        assert select.placeholder == "Corrected: it was a 4"  # the first pick's words stay
+        assert len(xrange(redis_url, FEEDBACK_STREAM)) == 1
+
+        # Another reading's control that nobody used: taken off its message when it times out.
+        unused, _ = await _read_with_control(handler)
+        await unused.on_timeout()
+        assert controls.removed == [MessageRef(CHANNEL, 5002)]
+        unused.stop()
+        await api.aclose()
+
+
+async def test_a_correction_without_redis_on_the_api_is_not_configured(
+    models: Path, api_url: str
+) -> None:
+    handler, api = handlers(settings_for(models), api_url, control_timeout_s=60.0)
+    control, _ = await _read_with_control(handler)
+    assert control.timeout == 60.0
+    picked = await _pick(handler, control, USER, "4")
+    assert picked.calls[1:] == [("followup", "Corrections are not configured.", True, False)]
+    assert not control.select.disabled  # a later pick may work: the control stays
+    control.stop()
+    await api.aclose()
+
+
+async def test_no_control_without_a_timeout_or_under_an_error(models: Path, api_url: str) -> None:
+    handler, api = handlers(settings_for(models), api_url)  # control_timeout_s None
+    interaction = Interaction()
+    await handler.read(interaction, Upload(png_bytes(seven())))
+    assert interaction.views == [None]
+    handler, api2 = handlers(settings_for(models), "http://127.0.0.1:9", control_timeout_s=60.0)
+    interaction = Interaction()
+    await handler.read(interaction, Upload(png_of(40, 40)))
+    assert interaction.calls[-1][1].startswith("The digit service can't be reached right now.")
+    assert interaction.views == [None]
+    await api.aclose()
+    await api2.aclose()
 
 
 # ------------------------------------------------------------------------------ /train
@@ -311,6 +453,7 @@ async def test_the_bot_registers_read_and_train(models: Path) -> None:
     read = commands["read"]
     assert [p.name for p in getattr(read, "parameters", [])] == ["image"]
     assert bot.follower is None  # no Redis: /train posts no progress message
+    assert bot.handlers.control_timeout_s == 900.0  # a reading's correction control: 15 minutes
     await bot.close()
 
 

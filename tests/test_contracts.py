@@ -104,7 +104,7 @@ def test_every_boolean_spelling_the_schema_allows_parses(word: str) -> None:
 def test_a_typo_is_refused_naming_it() -> None:
     assert errors_of(model_id="m", epoch="3") == [
         "unknown field (known: augment, batch_size, epochs, lr, model_id, notes, request_id, "
-        "seed, type, user_id) @ $.epoch"
+        "seed, type, use_feedback, user_id) @ $.epoch"
     ]
 
 
@@ -148,7 +148,7 @@ def test_a_long_bad_value_is_cut_short_in_the_message() -> None:
 def test_every_problem_is_reported_at_once() -> None:
     assert errors_of(model_id="m", epoch="1", epochs="x", augment="maybe") == [
         "unknown field (known: augment, batch_size, epochs, lr, model_id, notes, request_id, "
-        "seed, type, user_id) @ $.epoch",
+        "seed, type, use_feedback, user_id) @ $.epoch",
         "expected an integer, got 'x' @ $.epochs",
         "expected a boolean (true/false), got 'maybe' @ $.augment",
     ]
@@ -168,6 +168,7 @@ def test_every_problem_is_reported_at_once() -> None:
             seed=2**32 - 1,
             augment=False,
             notes="ünïcode, spaces and = signs",
+            use_feedback=True,
         ),
     ],
 )
@@ -175,6 +176,17 @@ def test_fields_round_trip(job: TrainJob) -> None:
     fields = job_to_fields(job)
     assert all(isinstance(v, str) for v in fields.values())
     assert job_from_fields(fields, entry_id="other-0") == job
+
+
+def test_a_field_added_after_v1_is_written_only_when_set() -> None:
+    """A worker that predates `use_feedback` refuses a job naming it: a job that does not use it
+    must not name it (rolling upgrades, mixed worker versions)."""
+    plain = job_to_fields(TrainJob(request_id="r", model_id="m"))
+    assert "use_feedback" not in plain
+    assert (
+        job_to_fields(TrainJob(request_id="r", model_id="m", use_feedback=True))["use_feedback"]
+        == "true"
+    )
 
 
 def test_a_job_breaking_its_limits_cannot_be_built() -> None:

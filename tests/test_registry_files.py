@@ -11,13 +11,13 @@ from litestar.testing import TestClient
 from handwriting_ai.api.app import create_app
 from handwriting_ai.api.schemas import ActiveModels
 from handwriting_ai.contracts.converter import structure
-from helpers import json_of, make_settings, write_artifact
+from helpers import Client, json_of, make_settings, write_artifact
 
 KEY = "files-key"
 V1, V2 = "20250101T000000Z", "20250102T000000Z"
 
 
-def _served(client: TestClient) -> dict[str, str]:  # type: ignore[type-arg]
+def _served(client: Client) -> dict[str, str]:
     active = structure(json_of(client.get("/v1/models/active")), ActiveModels)
     return {m.model_id: m.version for m in active.members}
 

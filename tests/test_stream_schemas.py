@@ -32,6 +32,7 @@ from handwriting_ai.contracts.schema_gen import (
 from handwriting_ai.streams.keys import (
     DEAD_STREAM,
     EVENTS_STREAM,
+    FEEDBACK_STREAM,
     JOBS_GROUP,
     JOBS_STREAM,
     job_events_key,
@@ -127,11 +128,12 @@ def test_asyncapi_document_names_every_stream_and_every_message() -> None:
     assert document["asyncapi"] == "3.0.0"
     addresses = {c["address"]: c for c in document["channels"].values()}
     job_events = job_events_key("{request_id}")
-    assert set(addresses) == {JOBS_STREAM, EVENTS_STREAM, DEAD_STREAM, job_events}
+    assert set(addresses) == {JOBS_STREAM, EVENTS_STREAM, DEAD_STREAM, FEEDBACK_STREAM, job_events}
     assert set(addresses[EVENTS_STREAM]["messages"]) == set(EVENT_CLASSES)
     assert set(addresses[job_events]["messages"]) == set(EVENT_CLASSES)
     assert set(addresses[job_events]["parameters"]) == {"request_id"}
     assert set(addresses[JOBS_STREAM]["messages"]) == {"digits.train.v1"}
+    assert set(addresses[FEEDBACK_STREAM]["messages"]) == {"digits.feedback.v1"}
     assert JOBS_GROUP in document["operations"]["consumeJob"]["summary"]
 
 

@@ -89,3 +89,9 @@ class QueueFullError(AppError):
     """`digits:train` holds `STREAMS__JOBS_MAXLEN` entries: refused, never trimmed to make room."""
 
     code, status_code = "queue_full", 503
+
+
+class RateLimitedError(AppError):
+    """Too many requests of one kind from one client in a window; sent with `Retry-After`."""
+
+    code, status_code = "rate_limited", 429

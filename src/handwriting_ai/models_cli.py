@@ -42,9 +42,12 @@ def render_listing(listing: RegistryListing) -> str:
             job = f"  job {v.request_id} ({v.entry_id})" if v.request_id else ""
             decision = f"  gate: {v.decision}" if v.decision else ""
             reason = f"  ({v.reason})" if v.reason else ""
+            corrections = (
+                f"  corrections {_pct(v.feedback_acc)}" if v.feedback_acc is not None else ""
+            )
             lines.append(
                 f"  {v.version}  {v.status:<9}  val {_pct(v.val_acc):>7}  test"
-                f" {_pct(v.test_acc):>7}{decision}{job}{reason}"
+                f" {_pct(v.test_acc):>7}{corrections}{decision}{job}{reason}"
             )
     return "\n".join(lines)
 

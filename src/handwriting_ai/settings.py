@@ -191,6 +191,19 @@ class BotSettings:
 
 
 @frozen
+class FeedbackSettings:
+    """Corrections (`POST /v1/feedback`) and how `use_feedback` jobs train on them."""
+
+    # Each read's 28x28 sample is kept this long in Redis for a correction; 0: not kept (and
+    # corrections are refused as unknown).
+    sample_ttl_s: int = 3600
+    rate_per_minute: int = 30  # corrections per client (address) per minute
+    maxlen: int = 100_000  # `digits:feedback` is trimmed with MAXLEN ~ beyond this
+    holdout_fraction: float = 0.2  # of the corrections, held back to measure a new version
+    repeat: int = 20  # each training correction appears this many times per epoch
+
+
+@frozen
 class Settings:
     app: AppSettings = AppSettings()
     digits: DigitsSettings = DigitsSettings()
@@ -198,6 +211,7 @@ class Settings:
     events: EventsSettings = EventsSettings()
     streams: StreamsSettings = StreamsSettings()
     bot: BotSettings = BotSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     redis_url: str | None = None
     handwriting_api_url: str = "http://127.0.0.1:8081"
     handwriting_api_key: str = ""
@@ -207,7 +221,7 @@ class Settings:
         return self.digits.model_dir or self.app.data_root / "models"
 
 
-_SECTIONS = ("app", "digits", "security", "events", "streams", "bot")
+_SECTIONS = ("app", "digits", "security", "events", "streams", "bot", "feedback")
 _FLAT = ("redis_url", "handwriting_api_url", "handwriting_api_key")
 
 
@@ -287,6 +301,22 @@ def cross_checks(settings: Settings) -> list[str]:
             f" worker keeps its job; got {streams.claim_min_idle_s:g}"
         )
     problems += _bot_checks(settings.bot)
+    problems += _feedback_checks(settings.feedback)
+    return problems
+
+
+def _feedback_checks(feedback: FeedbackSettings) -> list[str]:
+    problems: list[str] = []
+    if feedback.sample_ttl_s < 0:
+        problems.append("FEEDBACK__SAMPLE_TTL_S: must be 0 (samples not kept) or more")
+    if feedback.rate_per_minute < 0:
+        problems.append("FEEDBACK__RATE_PER_MINUTE: must be 0 (no limit) or more")
+    if feedback.maxlen < 1:
+        problems.append("FEEDBACK__MAXLEN: must be 1 or more")
+    if not 0 <= feedback.holdout_fraction < 1:
+        problems.append("FEEDBACK__HOLDOUT_FRACTION: must be at least 0 and below 1")
+    if feedback.repeat < 1:
+        problems.append("FEEDBACK__REPEAT: must be 1 or more")
     return problems
 
 

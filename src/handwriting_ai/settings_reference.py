@@ -102,6 +102,16 @@ MEANINGS: dict[str, str] = {
     "BOT__TRAIN_PER_USER": "`/train` jobs one user may start per window; 0: no limit",
     "BOT__TRAIN_WINDOW_S": "the window of `BOT__TRAIN_PER_USER`, in seconds",
     "BOT__TRAIN_MODEL_ID": "the model `/train` trains (its arch is named in the id)",
+    "FEEDBACK__SAMPLE_TTL_S": "how long each read's 28×28 sample is kept in Redis for a "
+    "correction (`POST /v1/feedback`); 0: not kept, corrections are refused",
+    "FEEDBACK__RATE_PER_MINUTE": "corrections per client address per minute; beyond, 429 "
+    "`rate_limited`; 0: no limit",
+    "FEEDBACK__MAXLEN": "`digits:feedback` is trimmed with `XADD … MAXLEN ~` to about this many "
+    "corrections (the oldest go first)",
+    "FEEDBACK__HOLDOUT_FRACTION": "of the corrections a `use_feedback` job reads, the share held "
+    "back to measure the new version (`feedback_acc`), chosen by a hash of each read's request id",
+    "FEEDBACK__REPEAT": "each correction a `use_feedback` job trains on appears this many times "
+    "per epoch (its weight against MNIST)",
     "REDIS_URL": "Redis for jobs and events; empty: `/v1/train` answers 503 (`digits up` "
     "starts an embedded one instead)",
     "HANDWRITING_API_URL": "where workers upload artifacts",

@@ -104,6 +104,8 @@ export const TrainCompletedSchema = z.object({
   val_acc: z.number().min(0).max(1),
   test_acc: z.number().min(0).max(1).nullable().default(null),
   version: z.string().nullable().default(null),
+  feedback_acc: z.number().min(0).max(1).nullable().default(null),
+  feedback_holdout: integer().min(0).default(0),
 });
 
 export const TrainFailedSchema = z.object({
@@ -146,6 +148,7 @@ export const TrainJobSchema = z.strictObject({
   seed: integer().min(0).max(4294967295).default(42),
   augment: z.boolean().default(true),
   notes: z.string().refine((s) => [...s].length <= 1000, { message: "Invalid string: expected at most 1000 characters" }).default(""),
+  use_feedback: z.boolean().default(false),
 });
 
 export const TrainJobFieldsSchema = z.strictObject({
@@ -159,6 +162,19 @@ export const TrainJobFieldsSchema = z.strictObject({
   seed: z.string().regex(new RegExp("^[+-]?[0-9]+$", "u")).default("42"),
   augment: z.string().regex(new RegExp("^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0|[Yy][Ee][Ss]|[Nn][Oo]|[Oo][Nn]|[Oo][Ff][Ff])$", "u")).default("true"),
   notes: z.string().refine((s) => [...s].length <= 1000, { message: "Invalid string: expected at most 1000 characters" }).default(""),
+  use_feedback: z.string().regex(new RegExp("^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0|[Yy][Ee][Ss]|[Nn][Oo]|[Oo][Nn]|[Oo][Ff][Ff])$", "u")).default("false"),
+});
+
+export const DigitsFeedbackV1FieldsSchema = z.object({
+  type: z.literal("digits.feedback.v1").default("digits.feedback.v1"),
+  request_id: z.string().regex(new RegExp("^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", "u")),
+  label: z.string().regex(new RegExp("^[+-]?[0-9]+$", "u")),
+  predicted: z.string().regex(new RegExp("^[+-]?[0-9]+$", "u")),
+  confidence: z.string().regex(new RegExp("^[+-]?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)([eE][+-]?[0-9]+)?$", "u")),
+  model_id: z.string(),
+  user_id: z.string().regex(new RegExp("^[+-]?[0-9]+$", "u")).default("0"),
+  ts: z.string().regex(new RegExp("^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?(Z|\\+00:00)$", "u")),
+  sample: z.string().refine((s) => [...s].length <= 1048, { message: "Invalid string: expected at most 1048 characters" }),
 });
 
 export const DeadLetterFieldsSchema = z.object({
@@ -227,6 +243,8 @@ export type SchemasMatchTypes = [
   Assert<Same<z.input<typeof TrainJobSchema>, T.TrainJobInput>>,
   Assert<Same<z.output<typeof TrainJobFieldsSchema>, T.TrainJobFields>>,
   Assert<Same<z.input<typeof TrainJobFieldsSchema>, T.TrainJobFieldsInput>>,
+  Assert<Same<z.output<typeof DigitsFeedbackV1FieldsSchema>, T.DigitsFeedbackV1Fields>>,
+  Assert<Same<z.input<typeof DigitsFeedbackV1FieldsSchema>, T.DigitsFeedbackV1FieldsInput>>,
   Assert<Same<z.output<typeof DeadLetterFieldsSchema>, T.DeadLetterFields>>,
   Assert<Same<z.output<typeof TrainEventSchema>, T.TrainEvent>>,
   Assert<Same<(typeof T.EVENT_TYPES)[number], T.TrainEventType>>,

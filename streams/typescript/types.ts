@@ -169,6 +169,10 @@ export interface TrainCompleted {
   test_acc: number | null;
   /** The manifest version of the new model; the API reloads by it. */
   version: string | null;
+  /** A `use_feedback` job's accuracy on the corrections it held back, 0 to 1; null otherwise. */
+  feedback_acc: number | null;
+  /** How many corrections the job held back. */
+  feedback_holdout: number;
 }
 
 /** The job failed. Final unless `will_retry`: then the job is delivered again. Every field is always present; readers ignore unknown fields. */
@@ -248,6 +252,8 @@ export interface TrainJob {
   augment: boolean;
   /** Free text kept in the manifest. */
   notes: string;
+  /** Mix the corrections on `digits:feedback` into training, holding some back to measure the new version on them (`feedback_acc`). */
+  use_feedback: boolean;
 }
 
 /** TrainJob as a sender writes it: fields with a default may be left out. */
@@ -272,6 +278,8 @@ export interface TrainJobInput {
   augment?: boolean | undefined;
   /** Free text kept in the manifest. */
   notes?: string | undefined;
+  /** Mix the corrections on `digits:feedback` into training, holding some back to measure the new version on them (`feedback_acc`). */
+  use_feedback?: boolean | undefined;
 }
 
 /** A request to train one model; `model_id` is the only field without a default. Flat form: the fields of an entry on digits:train, every value a string. Without request_id it is job-<entry id>. Unknown fields are refused. */
@@ -296,6 +304,8 @@ export interface TrainJobFields {
   augment: string;
   /** Free text kept in the manifest. */
   notes: string;
+  /** Mix the corrections on `digits:feedback` into training, holding some back to measure the new version on them (`feedback_acc`). Boolean (true/false, 1/0, yes/no, on/off, any case) as text. */
+  use_feedback: string;
 }
 
 /** TrainJobFields as a sender writes it: fields with a default may be left out. */
@@ -320,6 +330,52 @@ export interface TrainJobFieldsInput {
   augment?: string | undefined;
   /** Free text kept in the manifest. */
   notes?: string | undefined;
+  /** Mix the corrections on `digits:feedback` into training, holding some back to measure the new version on them (`feedback_acc`). Boolean (true/false, 1/0, yes/no, on/off, any case) as text. */
+  use_feedback?: string | undefined;
+}
+
+/** A person said what digit an earlier read was; the sample is the one the models saw. Flat form: the fields of an entry on digits:feedback, every value a string. */
+export interface DigitsFeedbackV1Fields {
+  /** Message type. */
+  type: "digits.feedback.v1";
+  /** The read's request_id (one correction per read). */
+  request_id: string;
+  /** The right digit. Integer as text, 0 to 9. */
+  label: string;
+  /** The digit the service read. Integer as text, 0 to 9. */
+  predicted: string;
+  /** The service's confidence in `predicted`. Number as text, 0 to 1. */
+  confidence: string;
+  /** The model (or ensemble) that read it. */
+  model_id: string;
+  /** Who corrected it; 0 when unknown. Integer as text, 0 to 9223372036854775807. */
+  user_id: string;
+  /** When it was corrected, ISO 8601 UTC. */
+  ts: string;
+  /** The 28×28 preprocessed image, uint8 row-major, ink bright on black, base64. */
+  sample: string;
+}
+
+/** DigitsFeedbackV1Fields as a sender writes it: fields with a default may be left out. */
+export interface DigitsFeedbackV1FieldsInput {
+  /** Message type. */
+  type?: "digits.feedback.v1" | undefined;
+  /** The read's request_id (one correction per read). */
+  request_id: string;
+  /** The right digit. Integer as text, 0 to 9. */
+  label: string;
+  /** The digit the service read. Integer as text, 0 to 9. */
+  predicted: string;
+  /** The service's confidence in `predicted`. Number as text, 0 to 1. */
+  confidence: string;
+  /** The model (or ensemble) that read it. */
+  model_id: string;
+  /** Who corrected it; 0 when unknown. Integer as text, 0 to 9223372036854775807. */
+  user_id?: string | undefined;
+  /** When it was corrected, ISO 8601 UTC. */
+  ts: string;
+  /** The 28×28 preprocessed image, uint8 row-major, ink bright on black, base64. */
+  sample: string;
 }
 
 /** A job entry that will not run, moved to `digits:train:dead` with the reason. Flat form: the fields of an entry on digits:train:dead. */

@@ -15,12 +15,13 @@ from litestar.openapi import OpenAPIConfig
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from handwriting_ai.api import openapi
+from handwriting_ai.api import openapi, web
 from handwriting_ai.api import registry as registry_api
 from handwriting_ai.api.admin import admin_ping, upload_model
 from handwriting_ai.api.admission import ReadAdmission
 from handwriting_ai.api.errors import EXCEPTION_HANDLERS
 from handwriting_ai.api.event_hub import EventHub
+from handwriting_ai.api.feedback import submit_feedback
 from handwriting_ai.api.health import (
     active_models,
     healthz,
@@ -31,6 +32,7 @@ from handwriting_ai.api.health import (
 )
 from handwriting_ai.api.read import FORM_PART_LIMIT, read
 from handwriting_ai.api.request_id import RequestIdMiddleware
+from handwriting_ai.api.samples import SampleKeeper
 from handwriting_ai.api.shed import ShedReads
 from handwriting_ai.api.state import AppState, connect_redis
 from handwriting_ai.api.train import cancel_train, submit_train, train_events, train_status
@@ -84,6 +86,7 @@ async def _start_reconciling(state: AppState) -> list[asyncio.Task[None]]:
         expected_hash=preprocess_hash(),
         temperature_override=settings.digits.ensemble_temperature_override,
         backend=settings.digits.backend,
+        feedback=state.registry.corrections if isinstance(state.registry, RedisState) else None,
     )
     wake = state.wake = asyncio.Event()
 
@@ -135,6 +138,7 @@ def create_app(
         if state.redis is not None:
             state.events = EventHub(state.redis, max_streams=settings.events.max_streams)
             await state.events.start()
+            state.samples = SampleKeeper(state.redis, ttl_s=settings.feedback.sample_ttl_s)
         tasks: list[asyncio.Task[None]] = []
         try:
             state.registry = _registry(settings)
@@ -158,6 +162,9 @@ def create_app(
             if isinstance(state.registry, RedisState):
                 state.registry.redis.close()
             state.registry = state.wake = None
+            if state.samples is not None:
+                await state.samples.drain()
+                state.samples = None
             if state.events is not None:
                 await state.events.stop()
                 state.events = None
@@ -183,6 +190,8 @@ def create_app(
             train_status,
             train_events,
             cancel_train,
+            submit_feedback,
+            *web.ROUTES,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

@@ -135,8 +135,11 @@ async def active_models(request: Request[object, object, State]) -> ActiveModels
     )
     served = {m.manifest.model_id: m.path.name for m in ensemble.members} if ensemble else {}
     settings = state.settings
+    # The served models (the registry's set, which operators change at run time); the full
+    # registry, every stored model with the gate's decisions, is `GET /v1/models`.
+    ids = tuple(served) or settings.digits.active_model
     models = await state.run(
-        lambda: stored_models(settings.model_dir, settings.digits.active_model, served),
+        lambda: stored_models(settings.model_dir, ids, served),
         timeout_s=10,
     )
     return ActiveModels(

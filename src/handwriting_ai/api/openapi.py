@@ -37,7 +37,13 @@ from handwriting_ai.contracts.events import EVENT_CLASSES
 from handwriting_ai.contracts.fields import JSON
 from handwriting_ai.contracts.jobs import JOB_TYPE, SAFE_ID_PATTERN
 from handwriting_ai.contracts.schema_gen import BOOL_PATTERN, schema_files
-from handwriting_ai.errors import AppError, InvalidArtifactError, OverloadedError, UnauthorizedError
+from handwriting_ai.errors import (
+    AppError,
+    InvalidArtifactError,
+    OverloadedError,
+    RateLimitedError,
+    UnauthorizedError,
+)
 from handwriting_ai.models import list_models
 
 API_KEY_SCHEME = "ApiKey"
@@ -52,7 +58,7 @@ ARTIFACT_CODES = (
     "invalid_weights",
 )
 # Errors sent with `Retry-After`.
-_RETRY_AFTER: tuple[type[AppError], ...] = (OverloadedError,)
+_RETRY_AFTER: tuple[type[AppError], ...] = (OverloadedError, RateLimitedError)
 
 DESCRIPTION = """\
 Reads handwritten digits and trains the models behind them.

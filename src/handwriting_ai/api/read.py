@@ -159,6 +159,9 @@ async def read(request: Request[object, object, State]) -> ReadResponse:
     finally:
         admitted.release()  # a no-op once the read was handed to a thread
     state.metrics.read_answered(reading, time.perf_counter() - started)
+    request_id = str(request.scope.get("state", {}).get("request_id", ""))
+    if state.samples is not None:
+        state.samples.keep(request_id, reading)  # for a correction; written after we answer
     return ReadResponse(
         digit=reading.digit,
         confidence=reading.confidence,
@@ -166,4 +169,5 @@ async def read(request: Request[object, object, State]) -> ReadResponse:
         model_id=reading.model_id,
         uncertain=reading.uncertain,
         visual_png_b64=reading.visual_png_b64,
+        request_id=request_id,
     )

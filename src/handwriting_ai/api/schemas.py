@@ -13,6 +13,8 @@ class ReadResponse:
     model_id: str
     uncertain: bool
     visual_png_b64: str | None
+    # The read's id (also its X-Request-ID): what `POST /v1/feedback` corrects.
+    request_id: str = ""
 
 
 @frozen

@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from handwriting_ai.api.admission import Admitted, ReadAdmission
 from handwriting_ai.api.event_hub import EventHub
 from handwriting_ai.api.metrics import ApiMetrics
+from handwriting_ai.api.samples import SampleKeeper
 from handwriting_ai.errors import PredictTimeoutError, QueueUnavailableError
 from handwriting_ai.inference.engine import EngineHolder
 from handwriting_ai.registry.state import RegistryState
@@ -65,6 +66,7 @@ class AppState:
     # threads only), and the reconciler's wake-up for a change made through this replica.
     registry: RegistryState | None = None
     wake: asyncio.Event | None = None
+    samples: SampleKeeper | None = None  # each read's 28x28 sample, for a correction (Redis)
 
     def queue(self) -> Redis:
         """The Redis client, or 503 `queue_unavailable` when none is configured."""

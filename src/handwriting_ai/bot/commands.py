@@ -6,6 +6,8 @@ size first (no download), then its dimensions from the header bytes (Pillow read
 without decoding pixels), with the service's own limits (`DIGITS__MAX_IMAGE_*`). `/train` queues
 the seeds' default job under a per-user rate limit (`BOT__TRAIN_PER_USER` per
 `BOT__TRAIN_WINDOW_S`), then the chat layer posts the progress message and `track`s it.
+A successful reading carries its correction target: a pick under it is `correct` (see
+`corrections.py`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from typing import Protocol
 
 from attrs import frozen
 
+from handwriting_ai.bot.corrections import Correctable, CorrectionOutcome, refused, saved
 from handwriting_ai.bot.editor import MessageRef
 from handwriting_ai.bot.follower import Follower
 from handwriting_ai.bot.progress import ProgressView, render
 from handwriting_ai.bot.ratelimit import RateLimiter
 from handwriting_ai.bot.replies import error_reply, reading_reply
-from handwriting_ai.client import AsyncClient, ServiceError
+from handwriting_ai.client import AsyncClient, Reading, ServiceError
 from handwriting_ai.contracts.jobs import TrainJob
 from handwriting_ai.errors import AppError
 from handwriting_ai.logging import get_logger
@@ -106,6 +109,12 @@ def check_image(data: bytes, limits: ImageLimits) -> Reply | None:
 
 
 @frozen
+class ReadOutcome:
+    reply: Reply
+    reading: Reading | None = None  # set when the service read a digit
+
+
+@frozen
 class TrainOutcome:
     reply: Reply
     request_id: str | None = None  # set when the job was queued
@@ -133,13 +142,13 @@ class Commands:
     def precheck_read(self, attachment: Attachment) -> Reply | None:
         return precheck(attachment.filename, attachment.content_type, attachment.size, self.limits)
 
-    async def read(self, attachment: Attachment) -> Reply:
+    async def read(self, attachment: Attachment) -> ReadOutcome:
         """The reply to `/read` for an attachment that passed `precheck_read`."""
         data = await attachment.read()
         # Public from here on: the chat layer deferred the reply visibly.
-        refused = check_image(data, self.limits)
-        if refused is not None:
-            return Reply(refused.text)
+        refusal = check_image(data, self.limits)
+        if refusal is not None:
+            return ReadOutcome(Reply(refusal.text))
         try:
             reading = await self.client.read(
                 data,
@@ -149,8 +158,29 @@ class Commands:
             )
         except ServiceError as exc:
             log.info("bot_read_refused", code=exc.code, request_id=exc.request_id)
-            return Reply(error_reply(exc))
-        return Reply(reading_reply(reading))
+            return ReadOutcome(Reply(error_reply(exc)))
+        return ReadOutcome(Reply(reading_reply(reading)), reading)
+
+    async def correct(self, target: Correctable, user_id: int, label: int) -> CorrectionOutcome:
+        """`user_id` says the reading `target` was a `label` (`POST /v1/feedback`)."""
+        try:
+            accepted = await self.client.feedback(target.request_id, label, user_id=user_id)
+        except ServiceError as exc:
+            log.info(
+                "bot_correction_refused",
+                code=exc.code,
+                corrected_request_id=target.request_id,
+                request_id=exc.request_id,
+            )
+            return refused(exc)
+        log.info(
+            "bot_corrected",
+            corrected_request_id=target.request_id,
+            label=label,
+            predicted=accepted.predicted,
+            entry_id=accepted.entry_id,
+        )
+        return saved(label)
 
     async def train(self, user_id: int) -> TrainOutcome:
         """Queue the default job for `user_id`, within the rate limit."""

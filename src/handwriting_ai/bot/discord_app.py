@@ -1,24 +1,42 @@
 """The Discord layer, as thin as it can be: a `discord.Client` with `/read` and `/train`, message
-edits for the throttled editor, and the event follower started in `setup_hook`. The only module
-that imports discord.py (the `bot` extra).
+edits for the throttled editor, the correction control under a reading, and the event follower
+started in `setup_hook`. The only module that imports discord.py (the `bot` extra).
 
 The handlers take the parts of an interaction they use (`InteractionLike`), so tests call them
 with a small stand-in. Progress messages are public follow-ups of the `/train` interaction and
 are edited through the channel (`PATCH /channels/{id}/messages/{id}`), not the interaction's
 webhook: its token expires after 15 minutes, long before most training jobs end.
+
+The correction control is a select menu ("It was a …", 0 to 9) rather than ten buttons: one row
+instead of two under every reading, and a wrong tap needs a second, deliberate one. A pick is
+answered on the pick's own interaction (a fresh token): privately with the outcome, and the
+control is disabled in place once nothing else can be picked. When it times out it is removed
+through the channel, like a progress message: by then the `/read` token may have expired.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Literal, Protocol
+from collections.abc import Sequence
+from typing import Literal, Protocol, TypeVar
 
 import discord
 from discord import app_commands
 from redis.asyncio import Redis
 
 from handwriting_ai.bot.commands import Attachment, Commands, TrainDefaults
+from handwriting_ai.bot.corrections import (
+    NOT_A_DIGIT,
+    NOT_YOURS,
+    PLACEHOLDER,
+    Correctable,
+    control_timeout_s,
+    correctable,
+    digit_options,
+    label_of,
+    may_correct,
+)
 from handwriting_ai.bot.editor import (
     EditGoneError,
     EditRateLimitedError,
@@ -35,6 +53,7 @@ from handwriting_ai.settings import Settings
 log = get_logger(__name__)
 
 RATE_LIMIT_WAIT_S = 10.0  # a longer Discord rate limit is raised to the editor, which retries
+ClientT = TypeVar("ClientT", bound=discord.Client, covariant=True)
 
 
 class SentMessage(Protocol):
@@ -49,7 +68,12 @@ class ResponseLike(Protocol):
 
 class FollowupLike(Protocol):
     async def send(
-        self, content: str = ..., *, ephemeral: bool = ..., wait: Literal[True]
+        self,
+        content: str = ...,
+        *,
+        ephemeral: bool = ...,
+        view: discord.ui.View = ...,
+        wait: Literal[True],
     ) -> SentMessage: ...
 
 
@@ -71,11 +95,32 @@ class InteractionLike(Protocol):
     def channel_id(self) -> int | None: ...
 
 
-class Handlers:
-    """`/read` and `/train`: acknowledge within Discord's 3 s, then answer with `Commands`."""
+class PickLike(InteractionLike, Protocol):
+    """A pick in the correction control: an interaction whose original response, once deferred,
+    is the message the control is on."""
 
-    def __init__(self, commands: Commands) -> None:
+    async def edit_original_response(self, *, view: discord.ui.View | None = ...) -> object: ...
+
+
+class ControlEdits(Protocol):
+    async def remove_view(self, ref: MessageRef) -> None: ...
+
+
+class Handlers:
+    """`/read`, `/train` and a pick in a reading's correction control: acknowledge within
+    Discord's 3 s, then answer with `Commands`. No correction control when `control_timeout_s`
+    is None; without `controls` a timed-out control stays on the message (inert)."""
+
+    def __init__(
+        self,
+        commands: Commands,
+        *,
+        controls: ControlEdits | None = None,
+        control_timeout_s: float | None = None,
+    ) -> None:
         self.commands = commands
+        self.controls = controls
+        self.control_timeout_s = control_timeout_s
 
     async def read(self, interaction: InteractionLike, image: Attachment) -> None:
         refused = self.commands.precheck_read(image)
@@ -83,8 +128,43 @@ class Handlers:
             await interaction.response.send_message(refused.text, ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
-        reply = await self.commands.read(image)
-        await interaction.followup.send(reply.text, wait=True)
+        outcome = await self.commands.read(image)
+        reading, timeout_s = outcome.reading, self.control_timeout_s
+        target = correctable(reading, interaction.user.id) if reading is not None else None
+        if target is None or timeout_s is None:  # an error, or no control
+            await interaction.followup.send(outcome.reply.text, wait=True)
+            return
+        control = CorrectionView(self, target, timeout_s=timeout_s)
+        message = await interaction.followup.send(outcome.reply.text, view=control, wait=True)
+        if interaction.channel_id is not None:
+            control.ref = MessageRef(interaction.channel_id, message.id)
+
+    async def check_owner(self, interaction: InteractionLike, target: Correctable) -> bool:
+        """Whether the pick is the asker's; anyone else is told so, privately."""
+        if may_correct(target, interaction.user.id):
+            return True
+        await interaction.response.send_message(NOT_YOURS, ephemeral=True)
+        return False
+
+    async def pick(
+        self, interaction: PickLike, control: CorrectionView, values: Sequence[str]
+    ) -> None:
+        """The asker picked `values` (checked by `check_owner` first): correct the reading."""
+        label = label_of(values)
+        if label is None:
+            await interaction.response.send_message(NOT_A_DIGIT, ephemeral=True)
+            return
+        await interaction.response.defer()  # for a component: "update", the message stays as is
+        outcome = await self.commands.correct(control.target, interaction.user.id, label)
+        await interaction.followup.send(outcome.text, ephemeral=True, wait=True)
+        if outcome.closed is not None and not control.is_finished():  # the first to close wins
+            control.close(outcome.closed)
+            await interaction.edit_original_response(view=control)
+
+    async def expire(self, control: CorrectionView) -> None:
+        """The control timed out: take it off the message."""
+        if control.ref is not None and self.controls is not None:
+            await self.controls.remove_view(control.ref)
 
     async def train(self, interaction: InteractionLike) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -97,6 +177,44 @@ class Handlers:
         message = await interaction.followup.send(text, wait=True)
         ref = MessageRef(channel_id, message.id)
         await self.commands.track(outcome.request_id, outcome.model_id, ref)
+
+
+class DigitSelect(discord.ui.Select["CorrectionView"]):
+    def __init__(self, predicted: int) -> None:
+        options = [
+            discord.SelectOption(label=o.label, value=o.value, description=o.description)
+            for o in digit_options(predicted)
+        ]
+        super().__init__(placeholder=PLACEHOLDER, options=options, min_values=1, max_values=1)
+
+    async def callback(self, interaction: discord.Interaction[ClientT]) -> None:
+        if self.view is not None:
+            await self.view.handlers.pick(interaction, self.view, self.values)
+
+
+class CorrectionView(discord.ui.View):
+    """The correction control under one reading; `ref` is the reply it is on, once sent."""
+
+    def __init__(self, handlers: Handlers, target: Correctable, *, timeout_s: float) -> None:
+        super().__init__(timeout=timeout_s)
+        self.handlers = handlers
+        self.target = target
+        self.ref: MessageRef | None = None
+        self.select = DigitSelect(target.predicted)
+        self.add_item(self.select)
+
+    def close(self, placeholder: str) -> None:
+        """Nothing more to pick: disabled, saying why, and no longer listened to."""
+        self.select.disabled = True
+        self.select.placeholder = placeholder
+        self.stop()
+
+    async def interaction_check(self, interaction: discord.Interaction[ClientT], /) -> bool:
+        # Here rather than in the callback: a refused pick does not extend the timeout.
+        return await self.handlers.check_owner(interaction, self.target)
+
+    async def on_timeout(self) -> None:
+        await self.handlers.expire(self)
 
 
 def register(tree: app_commands.CommandTree[discord.Client], handlers: Handlers) -> None:
@@ -125,6 +243,14 @@ class ChannelEdits:
         except discord.RateLimited as exc:
             raise EditRateLimitedError(exc.retry_after) from exc
 
+    async def remove_view(self, ref: MessageRef) -> None:
+        """Take a message's components off; a message gone or out of reach is left as it is."""
+        channel = self.client.get_partial_messageable(ref.channel_id)
+        try:
+            await channel.get_partial_message(ref.message_id).edit(view=None)
+        except discord.HTTPException as exc:
+            log.info("bot_control_not_removed", message_id=ref.message_id, error=str(exc))
+
 
 class DigitsBot(discord.Client):
     def __init__(
@@ -140,7 +266,8 @@ class DigitsBot(discord.Client):
         self.guild_id = bot.guild_id
         self.api = api
         self.redis = redis
-        self.editor = ThrottledEditor(ChannelEdits(self), interval_s=bot.edit_interval_s)
+        edits = ChannelEdits(self)
+        self.editor = ThrottledEditor(edits, interval_s=bot.edit_interval_s)
         self.follower = (
             Follower(redis, self.editor, bot=bot.name, block_ms=settings.streams.block_ms)
             if redis is not None
@@ -153,7 +280,11 @@ class DigitsBot(discord.Client):
             defaults=TrainDefaults(model_id=bot.train_model_id),
             follower=self.follower,
         )
-        self.handlers = Handlers(self.commands)
+        self.handlers = Handlers(
+            self.commands,
+            controls=edits,
+            control_timeout_s=control_timeout_s(settings.feedback.sample_ttl_s),
+        )
         self.tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(self)
         register(self.tree, self.handlers)
         self._follow: asyncio.Task[None] | None = None

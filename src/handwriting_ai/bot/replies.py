@@ -56,21 +56,22 @@ def error_reply(error: ServiceError) -> str:
     if error.code in _WITH_MESSAGE:
         return _WITH_MESSAGE[error.code].format(message=error.message)
     if error.code == "overloaded":
-        when = _seconds(error.retry_after_s)
+        when = retry_in(error.retry_after_s)
         return f"The digit service is busy right now. Please try again {when}."
     if error.code == "queue_unavailable":
         if "not configured" in error.message:
             return "Training is not configured."
         return "Training is unavailable right now. Please try again later."
-    if error.code == "too_many_requests":
-        return f"Too many requests. Please try again {_seconds(error.retry_after_s)}."
+    if error.code in ("too_many_requests", "rate_limited"):
+        return f"Too many requests. Please try again {retry_in(error.retry_after_s)}."
     return (
         "Something went wrong on the digit service's side. Please try again later"
         f" (reference {error.request_id})."
     )
 
 
-def _seconds(retry_after_s: float | None) -> str:
+def retry_in(retry_after_s: float | None) -> str:
+    """A sentence's "in 3 seconds" from a `Retry-After`; "in a moment" without one."""
     if retry_after_s is None or retry_after_s <= 0:
         return "in a moment"
     seconds = max(1, round(retry_after_s))

@@ -15,6 +15,7 @@ from types import TracebackType
 import httpx
 
 from handwriting_ai.client.models import (
+    FeedbackAccepted,
     Reading,
     RegistryChange,
     RegistryListing,
@@ -31,6 +32,7 @@ from handwriting_ai.client.policy import (
 )
 from handwriting_ai.client.stream import EventCursor
 from handwriting_ai.client.wire import (
+    FEEDBACK_PATH,
     MODELS_PATH,
     READ_PATH,
     TRAIN_PATH,
@@ -120,6 +122,14 @@ class AsyncClient:
     async def status(self, request_id: str) -> TrainStatus:
         response = await self._send("GET", train_path(request_id), request_id)
         return parse(response, TrainStatus, request_id)
+
+    async def feedback(self, request_id: str, label: int, *, user_id: int = 0) -> FeedbackAccepted:
+        """Correct an earlier read (`Reading.request_id`): it was `label`. 409 `conflict` when
+        that read was corrected already (so the retry policy's one retry is harmless)."""
+        body = {"request_id": request_id, "label": label, "user_id": user_id}
+        rid = new_request_id()
+        response = await self._send("POST", FEEDBACK_PATH, rid, json=body)
+        return parse(response, FeedbackAccepted, rid)
 
     async def models(self, *, request_id: str | None = None) -> RegistryListing:
         """Every stored model, its versions and the gate's decisions (`GET /v1/models`)."""

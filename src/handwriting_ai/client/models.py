@@ -64,6 +64,16 @@ class TrainStatus:
     entry_id: str = ""  # the job's entry in `digits:train` ("" from a service that predates it)
 
 
+@frozen
+class FeedbackAccepted:
+    """`POST /v1/feedback`'s 201: the correction is on `digits:feedback` as `entry_id`."""
+
+    request_id: str
+    label: int
+    predicted: int
+    entry_id: str
+
+
 def _json_object(value: object, _: object) -> dict[str, object]:
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {str(k): v for k, v in value.items()}
@@ -77,6 +87,7 @@ for _cls in (
     Reading,
     TrainAccepted,
     TrainStatus,
+    FeedbackAccepted,
     RegistryChange,
     RegistryListing,
     ModelEntry,
@@ -87,6 +98,7 @@ for _cls in (
     )
 
 __all__ = [
+    "FeedbackAccepted",
     "ModelEntry",
     "Reading",
     "RegistryChange",

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from handwriting_ai.client.async_client import AsyncClient
 from handwriting_ai.client.models import (
+    FeedbackAccepted,
     Reading,
     RegistryChange,
     RegistryListing,
@@ -106,6 +107,10 @@ class Client:
 
     def status(self, request_id: str) -> TrainStatus:
         return self._run(self._async.status(request_id))
+
+    def feedback(self, request_id: str, label: int, *, user_id: int = 0) -> FeedbackAccepted:
+        """Correct an earlier read; see `AsyncClient.feedback`."""
+        return self._run(self._async.feedback(request_id, label, user_id=user_id))
 
     def models(self, *, request_id: str | None = None) -> RegistryListing:
         """Every stored model, its versions and the gate's decisions (`GET /v1/models`)."""

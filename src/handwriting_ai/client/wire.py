@@ -17,6 +17,7 @@ from attrs import frozen
 
 from handwriting_ai.client.errors import BAD_RESPONSE, TIMEOUT, UNREACHABLE, ServiceError
 from handwriting_ai.client.models import (
+    FeedbackAccepted,
     Reading,
     RegistryChange,
     RegistryListing,
@@ -33,7 +34,9 @@ LAST_EVENT_ID_HEADER = "Last-Event-ID"
 READ_PATH = "/v1/read"
 TRAIN_PATH = "/v1/train"
 _SNIPPET_CHARS = 200
-T = TypeVar("T", Reading, TrainAccepted, TrainStatus, RegistryListing, RegistryChange)
+T = TypeVar(
+    "T", Reading, TrainAccepted, TrainStatus, RegistryListing, RegistryChange, FeedbackAccepted
+)
 
 Image = bytes | str | os.PathLike[str]
 
@@ -111,6 +114,7 @@ def train_path(request_id: str, suffix: str = "") -> str:
 
 
 MODELS_PATH = "/v1/models"
+FEEDBACK_PATH = "/v1/feedback"
 ModelAction = Literal["serve", "unserve", "promote", "rollback", "pin", "unpin"]
 MODEL_ACTIONS: tuple[ModelAction, ...] = ("serve", "unserve", "promote", "rollback", "pin", "unpin")
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from handwriting_ai.contracts.events import EVENT_CLASSES
+from handwriting_ai.contracts.feedback import FEEDBACK_TYPE, Correction
 from handwriting_ai.contracts.fields import JSON
 from handwriting_ai.contracts.jobs import JOB_TYPE, DeadLetter, TrainJob
 from handwriting_ai.streams.keys import (
     DEAD_STREAM,
     EVENTS_STREAM,
+    FEEDBACK_STREAM,
     JOBS_GROUP,
     JOBS_STREAM,
     job_events_key,
@@ -57,6 +59,11 @@ def asyncapi_document(schemas_dir: str) -> dict[str, JSON]:
             _docstring(TrainJob),
             _ref(f"./{schemas_dir}/{JOB_TYPE}.fields.json"),
         ),
+        FEEDBACK_TYPE: _message(
+            FEEDBACK_TYPE,
+            _docstring(Correction),
+            _ref(f"./{schemas_dir}/{FEEDBACK_TYPE}.fields.json"),
+        ),
         "digits.train.dead": _message(
             "digits.train.dead",
             _docstring(DeadLetter),
@@ -85,7 +92,8 @@ def asyncapi_document(schemas_dir: str) -> dict[str, JSON]:
         "info": {
             "title": "handwriting-ai streams",
             "version": "1.0.0",
-            "description": "Training jobs, their events and dead letters on Redis Streams. "
+            "description": "Training jobs, their events, corrections and dead letters on Redis "
+            "Streams. "
             "Generated from handwriting_ai.contracts; see streams/README.md.",
         },
         "defaultContentType": "application/json",
@@ -119,6 +127,13 @@ def asyncapi_document(schemas_dir: str) -> dict[str, JSON]:
                 "parameters": {"request_id": {"description": "The job's request_id."}},
                 "messages": channel_messages(events),
             },
+            "feedback": {
+                "address": FEEDBACK_STREAM,
+                "title": "Corrections",
+                "description": "One per corrected read, with the sample the models saw; read "
+                "whole by jobs with use_feedback.",
+                "messages": channel_messages([FEEDBACK_TYPE]),
+            },
             "deadLetters": {
                 "address": DEAD_STREAM,
                 "title": "Dead letters",
@@ -151,6 +166,15 @@ def asyncapi_document(schemas_dir: str) -> dict[str, JSON]:
                 "jobEvents",
                 events,
                 "XRANGE from the start or after Last-Event-ID, then XREAD (API SSE, digits watch)",
+            ),
+            "addCorrection": operation(
+                "send", "feedback", [FEEDBACK_TYPE], f"XADD {FEEDBACK_STREAM} MAXLEN ~ (API)"
+            ),
+            "readCorrections": operation(
+                "receive",
+                "feedback",
+                [FEEDBACK_TYPE],
+                f"XRANGE {FEEDBACK_STREAM} - + (workers, for a use_feedback job; the API's gate)",
             ),
             "deadLetterJob": operation(
                 "send", "deadLetters", ["digits.train.dead"], f"XADD {DEAD_STREAM} * (workers)"

@@ -143,6 +143,18 @@ class TrainCompleted(_Event):
         default=None,
         metadata=doc("The manifest version of the new model; the API reloads by it."),
     )
+    feedback_acc: float | None = field(
+        default=None,
+        metadata=doc(
+            "A `use_feedback` job's accuracy on the corrections it held back, 0 to 1; null"
+            " otherwise.",
+            minimum=0,
+            maximum=1,
+        ),
+    )
+    feedback_holdout: int = field(
+        default=0, metadata=doc("How many corrections the job held back.", minimum=0)
+    )
 
 
 @frozen(kw_only=True)

@@ -70,6 +70,13 @@ class TrainJob:
     notes: str = field(
         default="", metadata=doc("Free text kept in the manifest.", max_length=MAX_NOTES_CHARS)
     )
+    use_feedback: bool = field(
+        default=False,
+        metadata=doc(
+            "Mix the corrections on `digits:feedback` into training, holding some back to"
+            " measure the new version on them (`feedback_acc`)."
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         raise_on_bad_fields(self)
@@ -177,9 +184,19 @@ def _json_typed(value: object, kind: type | None) -> object:
     return value if isinstance(value, str) else _WRONG
 
 
+# Fields added after v1 shipped, written only when not their default: a worker that predates
+# one reads jobs strictly and would refuse every job naming it, during a rolling upgrade too.
+_ADDED_FIELDS = ("use_feedback",)
+
+
 def job_to_fields(job: TrainJob) -> dict[str, str]:
     """Flat string fields for XADD; `job_from_fields` reads them back to an equal job."""
-    return to_fields(job)
+    fields = to_fields(job)
+    defaults = to_fields(TrainJob(request_id=job.request_id, model_id=job.model_id))
+    for name in _ADDED_FIELDS:
+        if fields[name] == defaults[name]:
+            del fields[name]
+    return fields
 
 
 @frozen(kw_only=True)

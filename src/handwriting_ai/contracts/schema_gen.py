@@ -24,9 +24,10 @@ import attrs
 from handwriting_ai.contracts import typescript_gen
 from handwriting_ai.contracts.asyncapi_gen import asyncapi_document
 from handwriting_ai.contracts.events import EVENT_CLASSES
+from handwriting_ai.contracts.feedback import FEEDBACK_TYPE, Correction
 from handwriting_ai.contracts.fields import JSON, Doc, field_doc, flat_value, range_text
 from handwriting_ai.contracts.jobs import JOB_TYPE, DeadLetter, TrainJob
-from handwriting_ai.streams.keys import DEAD_STREAM, JOBS_STREAM
+from handwriting_ai.streams.keys import DEAD_STREAM, FEEDBACK_STREAM, JOBS_STREAM
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMAS_DIR = "schemas"
@@ -182,6 +183,12 @@ def schema_files() -> dict[str, dict[str, JSON]]:
             f"{job} Flat form: the fields of an entry on {JOBS_STREAM}, every value a string. "
             "Without request_id it is job-<entry id>. Unknown fields are refused.",
             {**flat_schema(TrainJob, optional=["request_id"]), "additionalProperties": False},
+        ),
+        f"{FEEDBACK_TYPE}.fields.json": _document(
+            FEEDBACK_TYPE,
+            f"{_summary(Correction)} Flat form: the fields of an entry on {FEEDBACK_STREAM},"
+            " every value a string.",
+            flat_schema(Correction),
         ),
         "digits.train.dead.fields.json": _document(
             "digits.train.dead",

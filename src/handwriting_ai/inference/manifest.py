@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from attrs import frozen
+from attrs import field, frozen
 
 from handwriting_ai.contracts.converter import ContractError, converter, structure
 
@@ -41,6 +41,12 @@ class Manifest:
     # The training job that made this version (`request_id`, stream entry id); empty when none.
     request_id: str = ""
     entry_id: str = ""
+    # A `use_feedback` run: corrections trained on, the request_ids of those held back, and the
+    # version's accuracy on the held-back ones (the promotion gate compares it with the served
+    # version's on the same samples).
+    feedback_count: int = 0
+    feedback_holdout: list[str] = field(factory=list)
+    feedback_acc: float | None = None
 
 
 def parse_manifest(raw: str | bytes, *, expected_hash: str) -> Manifest:

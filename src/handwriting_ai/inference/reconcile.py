@@ -31,9 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import torch
 from attrs import define, evolve, field
 from redis.exceptions import RedisError
 
@@ -46,12 +47,15 @@ from handwriting_ai.inference.reload import ReloadOutcome, load_version
 from handwriting_ai.inference.store import MANIFEST_FILE, list_versions, version_dir
 from handwriting_ai.logging import get_logger
 from handwriting_ai.registry.state import DirState, RegistryState
+from handwriting_ai.training.feedback import I64, U8
+from handwriting_ai.training.loop import accuracy, predict_logits
 
 log = get_logger(__name__)
 LOCK_TIMEOUT_S = 60.0
 MIN_INTERVAL_S = 0.05
 # Refusals that no retry can fix: the version's files are there and wrong.
 _REFUSED = (ManifestError, ModelLoadError, ValueError)
+FEEDBACK_EPSILON = 1e-9
 # The registry cannot be read now (Redis down, a disk error): the next pass tries again.
 _UNREACHABLE = (RedisError, OSError)
 
@@ -78,6 +82,9 @@ class Reconciler:
     temperature_override: float | None = None
     backend: Backend = "torch"
     lock_timeout_s: float = LOCK_TIMEOUT_S
+    # The held-back corrections by read request_id: (pixels (N, 28, 28) uint8, labels), or None
+    # when there is no store (no Redis); the gate holds a version that reads them worse.
+    feedback: Callable[[Sequence[str]], tuple[U8, I64] | None] | None = None
     _busy: threading.Lock = field(factory=threading.Lock)
     # (model_id, version) of current versions that failed to load -> the failure is permanent.
     _failing: dict[tuple[str, str], bool] = field(factory=dict)
@@ -202,7 +209,9 @@ class Reconciler:
         fresh = [v for v in versions if v > current and v not in record.decisions]
         for version in fresh if now.pinned is None else []:
             active_acc = current_manifest.val_acc if current_manifest is not None else None
-            decision, member, outcome, manifest = self._gate(model_id, version, active_acc, record)
+            decision, member, outcome, manifest = self._gate(
+                model_id, version, active_acc, record, served
+            )
             judged.outcomes.append(outcome)
             if decision is None:
                 continue
@@ -226,7 +235,7 @@ class Reconciler:
                 now = now.moved_to(version)
                 record = record.served(version, member.manifest.val_acc)
                 judged.current, judged.promoted = version, member
-                current_manifest = member.manifest
+                current_manifest, served = member.manifest, member
         now = evolve(now, gate=record)
         if now != before:
             state.put_model(model_id, now)
@@ -245,7 +254,12 @@ class Reconciler:
             return None
 
     def _gate(
-        self, model_id: str, version: str, active_acc: float | None, record: GateRecord
+        self,
+        model_id: str,
+        version: str,
+        active_acc: float | None,
+        record: GateRecord,
+        served: Member | None,
     ) -> tuple[Decision | None, Member | None, ReloadOutcome, Manifest | None]:
         """Judge one version. Decision None: not judged now (a passing error), try again."""
         manifest: Manifest | None = None
@@ -278,6 +292,13 @@ class Reconciler:
                 expected_hash=self.expected_hash,
                 backend=self.backend,
             )
+            worse = self._worse_on_feedback(member, served)
+            if worse:
+                log.info("model_candidate", model_id=model_id, version=version, reason=worse)
+                outcome = ReloadOutcome(
+                    "held", model_id, version, None, manifest.val_acc, active_acc, worse
+                )
+                return "held", None, outcome, manifest
         except _REFUSED as exc:
             log.error("model_refused", model_id=model_id, version=version, reason=str(exc))
             outcome = ReloadOutcome("refused", model_id, version, reason=str(exc))
@@ -295,6 +316,34 @@ class Reconciler:
         )
         outcome = ReloadOutcome("promoted", model_id, version, None, manifest.val_acc, active_acc)
         return "promoted", member, outcome, manifest
+
+    def _worse_on_feedback(self, member: Member, served: Member | None) -> str:
+        """Why `member` reads held-back corrections (its run's, and the served version's run's)
+        worse than the served version of its model does ("" when not, or when there is nothing
+        to compare). Raises OSError
+        (RedisError included) when the corrections cannot be read now: judged on a later pass."""
+        if served is None or self.feedback is None:
+            return ""
+        # The candidate's held-back corrections, and the served version's: a version trained
+        # without corrections must not replace one that learnt them, unseen.
+        held_back = sorted({*member.manifest.feedback_holdout, *served.manifest.feedback_holdout})
+        if not held_back:
+            return ""
+        try:
+            found = self.feedback(held_back)
+        except RedisError as exc:
+            raise OSError(f"corrections unreadable: {exc}") from None
+        if found is None or not len(found[1]):
+            return ""
+        pixels, labels = torch.from_numpy(found[0]), torch.from_numpy(found[1])
+        new = accuracy(predict_logits(member.module, pixels), labels)
+        old = accuracy(predict_logits(served.module, pixels), labels)
+        if new + FEEDBACK_EPSILON >= old:
+            return ""
+        return (
+            f"on {len(labels)} held-back corrections it reads {new:.4f},"
+            f" below the served version's {old:.4f}"
+        )
 
     # ------------------------------------------------------------------ 2. follow current
 

@@ -27,6 +27,7 @@ class VersionEntry:
     arch: str | None
     val_acc: float | None
     test_acc: float | None
+    feedback_acc: float | None  # on the corrections its run held back (a `use_feedback` run)
     run_id: str | None
     request_id: str | None  # the training job that made it, and its stream entry
     entry_id: str | None
@@ -101,6 +102,7 @@ def model_entry(
                 arch=_text(data, "arch"),
                 val_acc=_number(data, "val_acc"),
                 test_acc=_number(data, "test_acc"),
+                feedback_acc=_number(data, "feedback_acc"),
                 run_id=_text(data, "run_id"),
                 request_id=_text(data, "request_id"),
                 entry_id=_text(data, "entry_id"),

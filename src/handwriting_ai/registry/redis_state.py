@@ -18,16 +18,18 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 
+import numpy as np
 from attrs import frozen
 from redis import Redis
 from redis.exceptions import LockError
 from redis.typing import EncodableT, FieldT
 
-from handwriting_ai.contracts.converter import converter
+from handwriting_ai.contracts.converter import ContractError, converter
 from handwriting_ai.contracts.events import ModelChanged, encode_event
+from handwriting_ai.contracts.feedback import correction_from_fields
 from handwriting_ai.inference.manifest import SAFE_ID
 from handwriting_ai.inference.store import (
     MANIFEST_FILE,
@@ -39,8 +41,10 @@ from handwriting_ai.inference.store import (
 )
 from handwriting_ai.logging import get_logger
 from handwriting_ai.registry.state import DirState, ModelState, gate_record
+from handwriting_ai.streams.follow import entries_of
 from handwriting_ai.streams.keys import (
     EVENTS_STREAM,
+    FEEDBACK_STREAM,
     MODELS_SERVED_KEY,
     MODELS_SET,
     model_blob_key,
@@ -49,8 +53,10 @@ from handwriting_ai.streams.keys import (
     model_versions_key,
     registry_lock_key,
 )
+from handwriting_ai.training.feedback import I64, U8
 
 log = get_logger(__name__)
+CHUNK = 500  # corrections per XRANGE
 MAX_MODEL_BYTES = 256 * 1024 * 1024  # the upload limit; Redis' own is 512 MB a value
 LOCK_TTL_S = 120.0  # a replica killed while holding a lock frees it after this
 
@@ -252,6 +258,30 @@ class RedisState:
             sha256=hashlib.sha256(model).hexdigest()[:16],
         )
         return True
+
+    def corrections(self, request_ids: Sequence[str]) -> tuple[U8, I64] | None:
+        """The corrections of these reads on `digits:feedback` (the newest of each), for the
+        promotion gate; reads that were trimmed away are simply absent."""
+        wanted = set(request_ids)
+        latest: dict[str, tuple[U8, int]] = {}
+        start = "-"
+        while True:
+            rows = entries_of(self.redis.xrange(FEEDBACK_STREAM, start, "+", count=CHUNK))
+            for _, fields in rows:
+                if fields.get("request_id") not in wanted:
+                    continue
+                try:
+                    correction = correction_from_fields(fields)
+                except (ContractError, ValueError):
+                    continue  # the worker that trained on the stream logged it already
+                latest[correction.request_id] = (correction.pixels(), correction.label)
+            if len(rows) < CHUNK:
+                break
+            start = f"({rows[-1][0]}"
+        if not latest:
+            return None
+        pixels = np.stack([p for p, _ in latest.values()])
+        return pixels, np.array([label for _, label in latest.values()], dtype=np.int64)
 
     def publish(self, change: ModelChanged) -> None:
         fields: dict[FieldT, EncodableT] = {k: v for k, v in encode_event(change).items()}

@@ -31,7 +31,8 @@ def _text(value: object) -> str:
     raise ValueError(f"expected a string in a stream reply, got {value!r}")
 
 
-def _fields(raw: object) -> dict[str, str]:
+def text_fields(raw: object) -> dict[str, str]:
+    """A hash or an entry's fields (a dict, or a flat RESP2 list) as text."""
     if isinstance(raw, dict):
         return {_text(k): _text(v) for k, v in raw.items()}
     if isinstance(raw, list | tuple) and len(raw) % 2 == 0:
@@ -49,7 +50,7 @@ def entries_of(raw: object) -> list[Entry]:
     for item in raw:
         if not isinstance(item, list | tuple) or len(item) != 2:
             raise ValueError(f"unexpected stream entry: {item!r}")
-        out.append((_text(item[0]), _fields(item[1])))
+        out.append((_text(item[0]), text_fields(item[1])))
     return out
 
 

@@ -10,6 +10,7 @@ JOBS_STREAM = "digits:train"
 JOBS_GROUP = "digits-workers"
 DEAD_STREAM = "digits:train:dead"
 EVENTS_STREAM = "digits:events"
+FEEDBACK_STREAM = "digits:feedback"  # corrections (`contracts/feedback.py`), trimmed MAXLEN ~
 
 # Defaults; the settings object may override them.
 STATUS_TTL_S = 7 * 24 * 3600  # long enough for a user to ask "what happened to my job?"
@@ -84,3 +85,14 @@ def model_blob_key(model_id: str, version: str) -> str:
 def registry_lock_key(name: str) -> str:
     """One replica at a time changes a model id's state (or, for `served`, the served set)."""
     return f"digits:model:{name}:lock"
+
+
+def read_sample_key(request_id: str) -> str:
+    """Hash: a read's 28x28 sample (base64), digit, confidence and model, kept
+    `FEEDBACK__SAMPLE_TTL_S` for a correction; `corrected` is set once one is taken."""
+    return f"digits:read:{request_id}"
+
+
+def feedback_rate_key(client: str, minute: int) -> str:
+    """Corrections from one client in one minute (INCR, expires with the minute)."""
+    return f"digits:feedback:rate:{client}:{minute}"

@@ -81,6 +81,11 @@ class TrainConfig:
     # The job that asked for the run (empty for `digits train`): kept in the manifest.
     request_id: str = ""
     entry_id: str = ""
+    # Corrections to mix in (`training/feedback.py`), empty: none. The file is scratch (a path,
+    # kept out of the recipe); how the corrections are used (held back, repeated) is recipe.
+    feedback_path: str = ""
+    feedback_holdout: float = 0.2
+    feedback_repeat: int = 20
 
     def effective_aug(self) -> AugmentConfig:
         """`augment=true` with untouched knobs means the robust defaults."""
@@ -102,15 +107,21 @@ class TrainConfig:
 
 
 Recipe = dict[str, str | int | float | bool | None]
+_NOT_RECIPE = frozenset(
+    {"model_id", "notes", "parent_model_id", "threads", "request_id", "entry_id", "feedback_path"}
+)
+_FEEDBACK_RECIPE = frozenset({"feedback_holdout", "feedback_repeat"})
 
 
 def recipe_of(cfg: TrainConfig) -> Recipe:
-    """Flat recipe for the manifest: what decides the weights (not ids, notes or threads)."""
+    """Flat recipe for the manifest: what decides the weights (not ids, paths, notes or threads).
+    The feedback knobs count only for a run that trains on corrections: a run without them has
+    the recipe (and `recipe_hash`) it had before corrections existed."""
     data = converter.unstructure(cfg)
     assert isinstance(data, dict)
     recipe: Recipe = {}
     for key, value in data.items():
-        if key in {"model_id", "notes", "parent_model_id", "threads", "request_id", "entry_id"}:
+        if key in _NOT_RECIPE or (key in _FEEDBACK_RECIPE and not cfg.feedback_path):
             continue
         if isinstance(value, dict):
             for sub_key, sub_value in value.items():

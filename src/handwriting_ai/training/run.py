@@ -31,6 +31,13 @@ from handwriting_ai.training.artifacts import (
 from handwriting_ai.training.calibrate import expected_calibration_error, fit_temperature, nll
 from handwriting_ai.training.config import TrainConfig, recipe_hash, recipe_of
 from handwriting_ai.training.dataset import preprocessed_mnist, split_train_val
+from handwriting_ai.training.feedback import (
+    FeedbackSet,
+    load_feedback,
+    repeated,
+    split_holdout,
+    subset,
+)
 from handwriting_ai.training.loop import EpochPlan, accuracy, predict_logits, train_one_epoch
 from handwriting_ai.training.progress import (
     BestProgress,
@@ -44,6 +51,48 @@ log = get_logger(__name__)
 
 class InvalidTrainConfigError(ValueError):
     """The job asks for something impossible: a user error, never retried."""
+
+
+@frozen(eq=False)
+class Feedback:
+    """A run's corrections, split: the ones trained on and the ones held back to measure it."""
+
+    trained: FeedbackSet
+    held: FeedbackSet
+
+
+def _feedback(cfg: TrainConfig) -> Feedback | None:
+    if not cfg.feedback_path:
+        return None
+    corrections = load_feedback(Path(cfg.feedback_path))
+    trained, held = split_holdout(corrections.request_ids, cfg.feedback_holdout)
+    log.info(
+        "train_feedback",
+        corrections=len(corrections),
+        trained=len(trained),
+        held_back=len(held),
+        repeat=cfg.feedback_repeat,
+    )
+    return Feedback(subset(corrections, trained), subset(corrections, held))
+
+
+def _with_feedback(
+    x: torch.Tensor, y: torch.Tensor, feedback: Feedback | None, repeat: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training tensors with each trained correction `repeat` times over: uint8 pixels like
+    MNIST's, so the loop shuffles and augments them like every other sample."""
+    if feedback is None or not len(feedback.trained):
+        return x, y
+    pixels, labels = repeated(feedback.trained, repeat)
+    return torch.cat([x, torch.from_numpy(pixels)]), torch.cat([y, torch.from_numpy(labels)])
+
+
+def _feedback_acc(model: torch.nn.Module, feedback: Feedback | None) -> float | None:
+    """Accuracy on the held-back corrections; None when none were held back."""
+    if feedback is None or not len(feedback.held):
+        return None
+    logits = predict_logits(model, torch.from_numpy(feedback.held.pixels))
+    return round(accuracy(logits, torch.from_numpy(feedback.held.labels)), 6)
 
 
 @frozen
@@ -72,6 +121,10 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"lr must be within (0, 1], got {cfg.lr}")
     if cfg.weight_decay < 0:
         problems.append(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    if not 0 <= cfg.feedback_holdout < 1:
+        problems.append(f"feedback_holdout must be within [0, 1), got {cfg.feedback_holdout}")
+    if cfg.feedback_repeat < 1:
+        problems.append(f"feedback_repeat must be >= 1, got {cfg.feedback_repeat}")
     if problems:
         raise InvalidTrainConfigError("; ".join(problems))
 
@@ -131,6 +184,9 @@ def run_training(
         torch.from_numpy(pixels[val_idx]),
         torch.from_numpy(labels[val_idx].astype(np.int64)),
     )
+    # Validation stays MNIST's alone, so val_acc compares across versions.
+    feedback = _feedback(cfg)
+    x_train, y_train = _with_feedback(x_train, y_train, feedback, cfg.feedback_repeat)
 
     model = create_model(cfg.arch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -194,6 +250,11 @@ def run_training(
         "temperature": round(temperature, 6),
     }
     test_acc = _test_metrics(model, data_root, temperature, metrics)
+    feedback_acc = _feedback_acc(model, feedback)
+    if feedback is not None:
+        metrics["feedback_acc"] = feedback_acc
+        metrics["feedback_count"] = len(feedback.trained)
+        metrics["feedback_holdout"] = len(feedback.held)
     now = datetime.now(UTC)
     run_id = new_run_id(now)
     recipe = recipe_of(cfg)
@@ -216,6 +277,9 @@ def run_training(
         parent_model_id=cfg.parent_model_id,
         request_id=cfg.request_id,
         entry_id=cfg.entry_id,
+        feedback_count=len(feedback.trained) if feedback else 0,
+        feedback_holdout=sorted(feedback.held.request_ids) if feedback else [],
+        feedback_acc=feedback_acc,
     )
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     metrics["duration_s"] = round(time.perf_counter() - started, 2)
@@ -227,6 +291,7 @@ def run_training(
         run_id=run_id,
         val_acc=best_acc,
         test_acc=test_acc,
+        feedback_acc=feedback_acc,
         temperature=temperature,
         path=str(directory),
         pruned=len(pruned),

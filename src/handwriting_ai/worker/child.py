@@ -42,6 +42,10 @@ class ChildJob:
     data_root: str
     model_dir: str
     batch_every: int
+    # A `use_feedback` job's corrections file (written by the worker); empty: none.
+    feedback_path: str = ""
+    feedback_holdout: float = 0.2
+    feedback_repeat: int = 20
 
 
 @frozen
@@ -52,6 +56,9 @@ class ChildDone:
     val_acc: float
     test_acc: float | None
     pruned_count: int
+    feedback_acc: float | None = None
+    feedback_holdout: int = 0  # corrections held back (their accuracy is feedback_acc)
+    feedback_count: int = 0  # corrections trained on
 
 
 @frozen
@@ -115,6 +122,9 @@ def _train(job: ChildJob, conn: ChildConn, cancel: Event) -> ChildDone | ChildEr
         threads=job.threads,
         request_id=job.request_id,
         entry_id=job.entry_id,
+        feedback_path=job.feedback_path,
+        feedback_holdout=job.feedback_holdout,
+        feedback_repeat=job.feedback_repeat,
     )
     try:
         result = run_training(
@@ -139,6 +149,9 @@ def _train(job: ChildJob, conn: ChildConn, cancel: Event) -> ChildDone | ChildEr
         val_acc=manifest.val_acc,
         test_acc=manifest.test_acc,
         pruned_count=len(result.pruned),
+        feedback_acc=manifest.feedback_acc,
+        feedback_holdout=len(manifest.feedback_holdout),
+        feedback_count=manifest.feedback_count,
     )
 
 

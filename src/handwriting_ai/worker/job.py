@@ -10,6 +10,7 @@ training without an outcome, so no orphan run goes on training in a slot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from attrs import define, frozen
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from handwriting_ai.contracts.converter import ContractError
 from handwriting_ai.contracts.events import now_iso
@@ -28,6 +30,7 @@ from handwriting_ai.contracts.jobs import TrainJob, job_from_fields, job_to_fiel
 from handwriting_ai.logging import get_logger
 from handwriting_ai.models import UnknownArchError, arch_for_model_id
 from handwriting_ai.settings import Settings
+from handwriting_ai.streams.keys import FEEDBACK_STREAM
 from handwriting_ai.streams.publisher import EventPublisher
 from handwriting_ai.streams.status import JobStatus, read_status
 from handwriting_ai.training.progress import BatchProgress
@@ -35,6 +38,7 @@ from handwriting_ai.worker import lifecycle
 from handwriting_ai.worker.child import ChildDone, ChildError, ChildJob
 from handwriting_ai.worker.commit import Committed, commit
 from handwriting_ai.worker.delivery import over_crash_cap, retry_decision, torch_threads
+from handwriting_ai.worker.feedback import FEEDBACK_DIR, write_corrections
 from handwriting_ai.worker.ledger import take_lock
 from handwriting_ai.worker.lifecycle import JobRef, Limits, Transition
 from handwriting_ai.worker.relay import ProgressRelay
@@ -265,7 +269,7 @@ class JobRun:
         )
         return await self.end(transition, "retried")
 
-    def _child_job(self, job: TrainJob) -> ChildJob:
+    def _child_job(self, job: TrainJob, feedback_path: Path | None) -> ChildJob:
         settings = self.settings
         return ChildJob(
             token=uuid.uuid4().hex,
@@ -285,9 +289,53 @@ class JobRun:
             data_root=str(settings.app.data_root),
             model_dir=str(settings.app.artifacts_dir / "digits"),
             batch_every=settings.events.batch_every,
+            feedback_path=str(feedback_path or ""),
+            feedback_holdout=settings.feedback.holdout_fraction,
+            feedback_repeat=settings.feedback.repeat,
         )
 
+    async def corrections(self, job: TrainJob, deadline: float) -> Path | ChildError | None:
+        """A `use_feedback` job's corrections file for the child (None: no corrections, or a
+        job without `use_feedback`). Redis failing here is ours: the job is retried."""
+        if not job.use_feedback:
+            return None
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(max(left, 0.0)):
+                written = await write_corrections(
+                    self.redis,
+                    self.settings.app.artifacts_dir / FEEDBACK_DIR,
+                    uuid.uuid4().hex,
+                    # A file older than any job may run belongs to no live job.
+                    stale_after_s=2.0 * self.settings.streams.job_timeout_s,
+                    logger=self.log,
+                )
+        except TimeoutError:
+            return ChildError(
+                "system", f"training took longer than {self.settings.streams.job_timeout_s} s"
+            )
+        except (RedisError, OSError, ValueError) as exc:
+            return ChildError(
+                "system", f"could not read the corrections on {FEEDBACK_STREAM}: {exc}"
+            )
+        return None if written is None else written[0]
+
     async def train(self, job: TrainJob, slot: Slot, deadline: float) -> ChildDone | ChildError:
+        """`train_in_slot`, with a `use_feedback` job's corrections written for the child first
+        and deleted once it is done with them."""
+        feedback = await self.corrections(job, deadline)
+        if isinstance(feedback, ChildError):
+            return feedback
+        try:
+            return await self.train_in_slot(self._child_job(job, feedback), slot, deadline)
+        finally:
+            if feedback is not None:
+                with contextlib.suppress(OSError):
+                    feedback.unlink()
+
+    async def train_in_slot(
+        self, child_job: ChildJob, slot: Slot, deadline: float
+    ) -> ChildDone | ChildError:
         """The child's outcome. The deadline bounds each wait for the child's next message. A
         child that reported its outcome (done, failed, cancelled) is idle and takes the next job;
         on any exit without one (timeout, a stop, a lost pipe) it is killed, so no orphan run
@@ -300,7 +348,7 @@ class JobRun:
         )
         loop = asyncio.get_running_loop()
         metrics = self.parts.metrics
-        messages = slot.run(self._child_job(job))
+        messages = slot.run(child_job)
         outcome: ChildDone | ChildError | None = None
         reported: ChildDone | ChildError | None = None  # said by the child itself
         try:
@@ -363,6 +411,10 @@ class JobRun:
             model_bytes=uploaded.model_bytes,
             manifest_bytes=uploaded.manifest_bytes,
             pruned_count=done.pruned_count,
+            use_feedback=job.use_feedback,
+            feedback_acc=done.feedback_acc,
+            feedback_holdout=done.feedback_holdout,
+            feedback_count=done.feedback_count,
         )
         transition = lifecycle.completed(self.ref, result, limits=self.parts.limits, now=now_iso())
         outcome = await self.end(transition, "completed")

@@ -211,6 +211,15 @@ class Result:
     model_bytes: int
     manifest_bytes: int
     pruned_count: int
+    # A `use_feedback` job (even one that found no corrections) reports these in its status.
+    use_feedback: bool = False
+    feedback_acc: float | None = None
+    feedback_holdout: int = 0
+    feedback_count: int = 0
+
+
+def _unit(value: float | None) -> float | None:
+    return None if value is None else min(1.0, max(0.0, value))
 
 
 def completed(ref: JobRef, result: Result, *, limits: Limits, now: str) -> Transition:
@@ -243,19 +252,25 @@ def completed(ref: JobRef, result: Result, *, limits: Limits, now: str) -> Trans
             val_acc=min(1.0, max(0.0, result.val_acc)),
             test_acc=result.test_acc,
             version=result.version,
+            feedback_acc=_unit(result.feedback_acc),
+            feedback_holdout=result.feedback_holdout,
         ),
     )
-    summary = json.dumps(
-        {
-            "request_id": ref.request_id,
-            "entry_id": ref.entry_id,
-            "run_id": result.run_id,
-            "version": result.version,
-            "val_acc": result.val_acc,
-            "test_acc": result.test_acc,
-        },
-        sort_keys=True,
-    )
+    summary_fields: dict[str, str | float | int | None] = {
+        "request_id": ref.request_id,
+        "entry_id": ref.entry_id,
+        "run_id": result.run_id,
+        "version": result.version,
+        "val_acc": result.val_acc,
+        "test_acc": result.test_acc,
+    }
+    if result.use_feedback:
+        summary_fields |= {
+            "feedback_acc": result.feedback_acc,
+            "feedback_holdout": result.feedback_holdout,
+            "feedback_count": result.feedback_count,
+        }
+    summary = json.dumps(summary_fields, sort_keys=True)
     status = {"status": "completed", "result": summary, "error_kind": "", "message": ""}
     commands = [*_events(events, limits), *_end(ref, status, limits.result_ttl_s, now)]
     return Transition("completed", tuple(commands), events)
