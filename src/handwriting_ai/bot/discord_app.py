@@ -51,6 +51,7 @@ from handwriting_ai.preprocessing.decode import limits_of
 from handwriting_ai.settings import Settings
 
 log = get_logger(__name__)
+FOLLOWER_STOP_S = 5.0  # above one XREAD block; then the follower is abandoned
 
 RATE_LIMIT_WAIT_S = 10.0  # a longer Discord rate limit is raised to the editor, which retries
 ClientT = TypeVar("ClientT", bound=discord.Client, covariant=True)
@@ -301,9 +302,11 @@ class DigitsBot(discord.Client):
         log.info("bot_ready", guild_id=self.guild_id or None, follower=self.follower is not None)
 
     async def close(self) -> None:
-        if self._follow is not None:
-            self._follow.cancel()
-            await asyncio.gather(self._follow, return_exceptions=True)
+        if self._follow is not None and self.follower is not None:
+            self.follower.stop()
+            _, pending = await asyncio.wait({self._follow}, timeout=FOLLOWER_STOP_S)
+            for task in pending:  # a read that did not come back: never hang the shutdown
+                task.cancel()
         await self.editor.aclose()
         await self.api.aclose()
         if self.redis is not None:

@@ -12,6 +12,7 @@ without a final event is finalised from its status. Redis 6.2 and 7 (RESP2 or RE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from attrs import evolve
@@ -71,6 +72,7 @@ class Follower:
         self._next_sweep = 0.0
         self.cursor: str | None = None
         self.lock = asyncio.Lock()  # one fold at a time: the reader and `track` both apply events
+        self._stopping = asyncio.Event()
         editor.on_done = self._done
         self.handled = 0
         self.skipped = 0
@@ -214,10 +216,18 @@ class Follower:
                     self._show(request_id, evolve(current[1], final=final_from_status(status)))
 
     async def run(self) -> None:
-        """Follow until cancelled; a Redis outage is waited out, not fatal."""
-        while True:
+        """Follow until `stop()` (within one XREAD block) or cancelled; a Redis outage is waited
+        out, not fatal."""
+        while not self._stopping.is_set():
             try:
                 await self.step()
             except (RedisError, OSError) as exc:
                 log.warning("bot_follower_redis_error", error=str(exc))
-                await asyncio.sleep(REDIS_RETRY_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), REDIS_RETRY_S)
+
+    def stop(self) -> None:
+        """Ask `run` to end after the read in flight. Stopping this way, not by cancelling:
+        redis-py can swallow a cancellation that lands inside a blocking XREAD and leave the task
+        waiting forever (redis/redis-py#2028, #2579; seen here: a bot test hung 1 run in 7)."""
+        self._stopping.set()
