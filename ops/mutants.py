@@ -631,7 +631,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "a_read_corrected_twice",
         "feedback",
         S + "api/feedback.py",
-        "if redis.call('HSETNX', KEYS[1], 'corrected', label) == 0 then",
+        "if not redis.call('SET', KEYS[2], label, 'NX', 'EX',"
+        " math.max(ttl, tonumber(ARGV[1]))) then",
         "if false then",
         "tests/test_feedback_api.py",
     ),

@@ -171,8 +171,10 @@ def control_reads(
     member = load_member(
         version_dir(model_dir, CONTROL_ID, done.version), expected_hash=preprocess_hash()
     )
-    kept = [client.hget(read_sample_key(r), "sample") for r in ids]
-    pixels = np.stack([decode_sample(k.decode()) for k in kept if isinstance(k, bytes)])
+    kept = [client.get(read_sample_key(r)) for r in ids]
+    pixels = np.stack(
+        [decode_sample(str(json.loads(k)["sample"])) for k in kept if isinstance(k, bytes)]
+    )
     assert len(pixels) == len(ids)
     digits: list[int] = predict_logits(member.module, torch.from_numpy(pixels)).argmax(1).tolist()
     return digits

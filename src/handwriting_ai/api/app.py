@@ -163,7 +163,7 @@ def create_app(
                 state.registry.redis.close()
             state.registry = state.wake = None
             if state.samples is not None:
-                await state.samples.drain()
+                await state.samples.stop()
                 state.samples = None
             if state.events is not None:
                 await state.events.stop()

@@ -1,13 +1,14 @@
 """`POST /v1/feedback`: "the read `request_id` was a `label`" becomes a correction on
 `digits:feedback`, with the read's 28×28 sample kept by `samples.py`.
 
-One correction per read: the read's sample hash is marked `corrected` and the entry added in one
-Lua script, so two racing corrections cannot both land. A client (by address) may send
+One correction per read: a `corrected` marker is set (SET NX) and the entry added in one Lua
+script, so two racing corrections cannot both land. A client (by address) may send
 `FEEDBACK__RATE_PER_MINUTE` a minute; more get 429 `rate_limited` with `Retry-After`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -25,6 +26,7 @@ from handwriting_ai.api.train import queue_errors
 from handwriting_ai.contracts.converter import ContractError
 from handwriting_ai.contracts.events import now_iso
 from handwriting_ai.contracts.feedback import Correction, correction_fields
+from handwriting_ai.contracts.fields import structure_readable
 from handwriting_ai.contracts.jobs import REQUEST_ID_PATTERN
 from handwriting_ai.errors import (
     ConflictError,
@@ -36,25 +38,44 @@ from handwriting_ai.errors import (
     UnauthorizedError,
 )
 from handwriting_ai.logging import get_logger
-from handwriting_ai.streams.follow import text_fields
-from handwriting_ai.streams.keys import FEEDBACK_STREAM, feedback_rate_key, read_sample_key
+from handwriting_ai.streams.keys import (
+    FEEDBACK_STREAM,
+    feedback_rate_key,
+    read_corrected_key,
+    read_sample_key,
+)
 
 log = get_logger("handwriting_ai.feedback")
 MAX_BODY_BYTES = 4096
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 _USER_ID_MAX = 2**63 - 1
 
-# KEYS: the read's sample hash, the stream. ARGV: maxlen, then the entry's fields as pairs.
-# 0: no such read (expired, never kept); a label: already corrected as that; else the entry id.
+# KEYS: the read's sample, its "corrected" marker, the stream. ARGV: the marker's TTL, maxlen,
+# then the entry's fields as pairs. 0: no such read (expired, never kept); {label}: corrected
+# already as that; else the new entry's id.
 _CORRECT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ttl = redis.call('TTL', KEYS[1])
+if ttl == -2 then return 0 end
 local label
-for i = 2, #ARGV, 2 do if ARGV[i] == 'label' then label = ARGV[i + 1] end end
-if redis.call('HSETNX', KEYS[1], 'corrected', label) == 0 then
-  return {redis.call('HGET', KEYS[1], 'corrected')}
+for i = 3, #ARGV, 2 do if ARGV[i] == 'label' then label = ARGV[i + 1] end end
+if not redis.call('SET', KEYS[2], label, 'NX', 'EX', math.max(ttl, tonumber(ARGV[1]))) then
+  return {redis.call('GET', KEYS[2])}
 end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 """
+MARKER_MIN_TTL_S = 60  # a read whose sample expires in a second still keeps its marker a while
+
+
+def _record(raw: object) -> dict[str, object] | None:
+    """The kept read (`samples.sample_record`'s JSON), or None."""
+    if not isinstance(raw, str | bytes):
+        return None
+    try:
+        data: object = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
 
 FEEDBACK_BODY = RequestBody(
     required=True,
@@ -164,28 +185,38 @@ async def submit_feedback(request: Request[object, object, State]) -> FeedbackAc
                     f"More than {settings.rate_per_minute} corrections a minute from this client.",
                     retry_after_s=max(1, retry_after),
                 )
-        kept = text_fields(await redis.hgetall(read_sample_key(request_id)))
-        if not kept or "sample" not in kept:
+        kept = _record(await redis.get(read_sample_key(request_id)))
+        if kept is None:
             raise NotFoundError(
                 f"No read {request_id!r} to correct: unknown, or older than"
                 f" {settings.sample_ttl_s} s (FEEDBACK__SAMPLE_TTL_S)."
             )
         try:
-            correction = Correction(
-                request_id=request_id,
-                label=label,
-                predicted=int(kept.get("digit", "")),
-                confidence=float(kept.get("confidence", "")),
-                model_id=kept.get("model_id", ""),
-                user_id=user_id,
-                ts=now_iso(),
-                sample=kept["sample"],
+            correction = structure_readable(
+                {
+                    "request_id": request_id,
+                    "label": label,
+                    "predicted": kept.get("digit"),
+                    "confidence": kept.get("confidence"),
+                    "model_id": kept.get("model_id"),
+                    "user_id": user_id,
+                    "ts": now_iso(),
+                    "sample": kept.get("sample"),
+                },
+                Correction,
             )
-        except (ValueError, ContractError) as exc:  # a sample hash edited by hand
+        except ContractError as exc:  # a kept read edited by hand
             raise NotFoundError(f"The read {request_id!r} was not kept whole: {exc}") from None
         flat = [part for pair in correction_fields(correction).items() for part in pair]
         answer: object = await redis.eval(
-            _CORRECT, 2, read_sample_key(request_id), FEEDBACK_STREAM, settings.maxlen, *flat
+            _CORRECT,
+            3,
+            read_sample_key(request_id),
+            read_corrected_key(request_id),
+            FEEDBACK_STREAM,
+            MARKER_MIN_TTL_S,
+            settings.maxlen,
+            *flat,
         )
     if answer == 0:
         raise NotFoundError(f"No read {request_id!r} to correct: it has just expired.")

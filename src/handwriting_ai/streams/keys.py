@@ -88,9 +88,14 @@ def registry_lock_key(name: str) -> str:
 
 
 def read_sample_key(request_id: str) -> str:
-    """Hash: a read's 28x28 sample (base64), digit, confidence and model, kept
-    `FEEDBACK__SAMPLE_TTL_S` for a correction; `corrected` is set once one is taken."""
+    """String (JSON): a read's 28x28 sample (base64), digit, confidence and model, kept
+    `FEEDBACK__SAMPLE_TTL_S` for a correction."""
     return f"digits:read:{request_id}"
+
+
+def read_corrected_key(request_id: str) -> str:
+    """The label a read was corrected as (SET NX: one correction per read), kept as long."""
+    return f"digits:read:{request_id}:corrected"
 
 
 def feedback_rate_key(client: str, minute: int) -> str:
