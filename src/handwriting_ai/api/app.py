@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -15,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from handwriting_ai.aio import cancel_and_wait
 from handwriting_ai.api import openapi, web
 from handwriting_ai.api import registry as registry_api
 from handwriting_ai.api.admin import admin_ping, upload_model
@@ -52,6 +52,7 @@ log = get_logger("handwriting_ai.api")
 _FORM_OVERHEAD_BYTES = 64 * 1024
 RELOAD_TIMEOUT_S = 300.0
 PRIME_TIMEOUT_S = 3.0
+TASK_STOP_S = 5.0  # background tasks at shutdown; then the app goes on without them
 
 
 def _seed(settings: Settings) -> None:
@@ -155,10 +156,7 @@ def create_app(
             )
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(tasks, timeout_s=TASK_STOP_S)
             if isinstance(state.registry, RedisState):
                 state.registry.redis.close()
             state.registry = state.wake = None

@@ -33,6 +33,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 from redis.typing import KeyT, StreamIdT
 
+from handwriting_ai.aio import cancel_and_wait
 from handwriting_ai.errors import OverloadedError
 from handwriting_ai.logging import get_logger
 from handwriting_ai.streams.follow import (
@@ -49,6 +50,7 @@ from handwriting_ai.streams.follow import (
 from handwriting_ai.streams.keys import job_events_key
 
 log = get_logger("handwriting_ai.train")
+STOP_S = 5.0  # the reader's blocking XREAD, cancelled at shutdown
 HUB_BLOCK_MS = 250  # how long a new subscription may wait to join the read
 READ_COUNT = 100  # entries per key per read
 REPLAY_PAGE = 500  # entries per XRANGE while replaying
@@ -178,9 +180,7 @@ class EventHub:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task], timeout_s=STOP_S)
             self._task = None
         self._drop_all("the API is stopping")
         if self._reader is not None:

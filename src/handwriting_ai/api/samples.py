@@ -19,6 +19,7 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from handwriting_ai.aio import cancel_and_wait
 from handwriting_ai.contracts.feedback import encode_sample
 from handwriting_ai.inference.read import Reading
 from handwriting_ai.logging import get_logger
@@ -95,9 +96,7 @@ class SampleKeeper:
     async def stop(self) -> None:
         """Write what is buffered (at shutdown), then end the task."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task], timeout_s=2.0)
             self._task = None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.flush(), 2.0)

@@ -25,6 +25,7 @@ import discord
 from discord import app_commands
 from redis.asyncio import Redis
 
+from handwriting_ai.aio import cancel_and_wait
 from handwriting_ai.bot.commands import Attachment, Commands, TrainDefaults
 from handwriting_ai.bot.corrections import (
     NOT_A_DIGIT,
@@ -305,8 +306,7 @@ class DigitsBot(discord.Client):
         if self._follow is not None and self.follower is not None:
             self.follower.stop()
             _, pending = await asyncio.wait({self._follow}, timeout=FOLLOWER_STOP_S)
-            for task in pending:  # a read that did not come back: never hang the shutdown
-                task.cancel()
+            await cancel_and_wait(pending, timeout_s=FOLLOWER_STOP_S)
         await self.editor.aclose()
         await self.api.aclose()
         if self.redis is not None:
