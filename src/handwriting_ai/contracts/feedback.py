@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Literal
 
 import numpy as np
@@ -95,6 +95,30 @@ def correction_from_fields(fields: Mapping[str, str]) -> Correction:
     correction = structure_readable(dict(fields), Correction)
     correction.pixels()  # the sample must decode, not only have the right length
     return correction
+
+
+def fold_corrections(
+    into: dict[str, Correction],
+    rows: Iterable[tuple[str, Mapping[str, str]]],
+    *,
+    wanted: Container[str] | None = None,
+) -> list[tuple[str, list[str]]]:
+    """Fold `digits:feedback` entries into `into` by read (`wanted` ones only, if given): a
+    later correction of a read replaces an earlier one and takes its place in the order. Pure;
+    returns the malformed entries as (entry id, reasons). The one reading of the stream for the
+    worker (what a job trains on) and the API (what the gate measures)."""
+    malformed: list[tuple[str, list[str]]] = []
+    for entry_id, fields in rows:
+        if wanted is not None and fields.get("request_id") not in wanted:
+            continue
+        try:
+            correction = correction_from_fields(fields)
+        except ContractError as exc:
+            malformed.append((entry_id, exc.errors))
+            continue
+        into.pop(correction.request_id, None)
+        into[correction.request_id] = correction
+    return malformed
 
 
 __all__ = ["SAFE_ID_PATTERN", "Correction", "correction_fields", "correction_from_fields"]

@@ -27,9 +27,9 @@ from redis import Redis
 from redis.exceptions import LockError
 from redis.typing import EncodableT, FieldT
 
-from handwriting_ai.contracts.converter import ContractError, converter
+from handwriting_ai.contracts.converter import converter
 from handwriting_ai.contracts.events import ModelChanged, encode_event
-from handwriting_ai.contracts.feedback import correction_from_fields
+from handwriting_ai.contracts.feedback import Correction, fold_corrections
 from handwriting_ai.inference.manifest import SAFE_ID
 from handwriting_ai.inference.store import (
     MANIFEST_FILE,
@@ -263,25 +263,19 @@ class RedisState:
         """The corrections of these reads on `digits:feedback` (the newest of each), for the
         promotion gate; reads that were trimmed away are simply absent."""
         wanted = set(request_ids)
-        latest: dict[str, tuple[U8, int]] = {}
+        latest: dict[str, Correction] = {}
         start = "-"
         while True:
             rows = entries_of(self.redis.xrange(FEEDBACK_STREAM, start, "+", count=CHUNK))
-            for _, fields in rows:
-                if fields.get("request_id") not in wanted:
-                    continue
-                try:
-                    correction = correction_from_fields(fields)
-                except (ContractError, ValueError):
-                    continue  # the worker that trained on the stream logged it already
-                latest[correction.request_id] = (correction.pixels(), correction.label)
+            # Malformed entries are skipped silently: the worker that trained on them logged them.
+            fold_corrections(latest, rows, wanted=wanted)
             if len(rows) < CHUNK:
                 break
             start = f"({rows[-1][0]}"
         if not latest:
             return None
-        pixels = np.stack([p for p, _ in latest.values()])
-        return pixels, np.array([label for _, label in latest.values()], dtype=np.int64)
+        pixels = np.stack([c.pixels() for c in latest.values()])
+        return pixels, np.array([c.label for c in latest.values()], dtype=np.int64)
 
     def publish(self, change: ModelChanged) -> None:
         fields: dict[FieldT, EncodableT] = {k: v for k, v in encode_event(change).items()}

@@ -17,12 +17,11 @@ import numpy as np
 from redis.asyncio import Redis
 from structlog.typing import FilteringBoundLogger
 
-from handwriting_ai.contracts.converter import ContractError
-from handwriting_ai.contracts.feedback import correction_from_fields
+from handwriting_ai.contracts.feedback import Correction, fold_corrections
 from handwriting_ai.logging import get_logger
 from handwriting_ai.streams.follow import entries_of
 from handwriting_ai.streams.keys import FEEDBACK_STREAM
-from handwriting_ai.training.feedback import U8, FeedbackSet, feedback_set, save_feedback
+from handwriting_ai.training.feedback import FeedbackSet, feedback_set, save_feedback
 
 log = get_logger(__name__)
 READ_CHUNK = 500  # entries per XRANGE (~1 KB each): the loop is never held for long
@@ -33,34 +32,23 @@ async def read_corrections(
     redis: Redis, *, chunk: int = READ_CHUNK, logger: FilteringBoundLogger = log
 ) -> FeedbackSet:
     """Every well-formed correction on the stream, the newest per request_id, oldest first."""
-    latest: dict[str, tuple[int, U8]] = {}
+    latest: dict[str, Correction] = {}
     start, malformed = "-", 0
     while True:
         rows = entries_of(await redis.xrange(FEEDBACK_STREAM, start, "+", count=chunk))
-        for entry_id, fields in rows:
-            try:
-                correction = correction_from_fields(fields)
-            except (ContractError, ValueError) as exc:
-                reasons = exc.errors if isinstance(exc, ContractError) else [str(exc)]
-                logger.warning(
-                    "feedback_malformed", feedback_entry=entry_id, reason="; ".join(reasons)
-                )
-                malformed += 1
-                continue
-            # A later correction of the same read replaces the earlier one (and takes its place
-            # in the order: the order only matters for the file, never for the split).
-            latest.pop(correction.request_id, None)
-            latest[correction.request_id] = (correction.label, correction.pixels())
+        for entry_id, reasons in fold_corrections(latest, rows):
+            logger.warning("feedback_malformed", feedback_entry=entry_id, reason="; ".join(reasons))
+            malformed += 1
         if len(rows) < chunk:
             break
         start = f"({rows[-1][0]}"
     if malformed:
         logger.warning("feedback_skipped", malformed=malformed, kept=len(latest))
-    ids = list(latest)
+    kept = list(latest.values())
     return feedback_set(
-        [latest[rid][1] for rid in ids] or np.zeros((0, 28, 28), np.uint8),
-        [latest[rid][0] for rid in ids],
-        ids,
+        [c.pixels() for c in kept] or np.zeros((0, 28, 28), np.uint8),
+        [c.label for c in kept],
+        [c.request_id for c in kept],
     )
 
 
