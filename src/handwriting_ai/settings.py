@@ -77,6 +77,7 @@ class DigitsSettings:
     max_image_aspect: float = 20.0  # long/short; phone panoramas reach about 8:1
     predict_timeout_seconds: float = 5.0
     read_queue: int = 64
+    inline_read_ms: float = 3.0  # small reads this quick run on the event loop; 0: never
     visualize_max_kb: int = 16
     promotion_tolerance: float = 0.002
     reconcile_interval_s: float = 30.0

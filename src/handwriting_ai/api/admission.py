@@ -9,6 +9,12 @@ Two bounds, both checked on the event loop before anything is queued:
   queue at, however busy the CPU is), or before any such moment the mean read time per thread.
 A read whose deadline passes while it waits is cancelled before it starts, not computed: its
 client already has its 504, and the thread goes on to a read that can still be answered.
+
+Small quick reads skip the threads (`inline_ok`): a read of an image up to `INLINE_MAX_PIXELS`
+runs on the event loop itself once such reads, with the ensemble now served, are measured quick
+(`DIGITS__INLINE_READ_MS`). Handing a 1-2 ms read to a thread and back cost more than the read (a
+thread wake-up, the GIL passed twice, a cold core). Big photos, slow models and a long queue
+still go to the threads, where admission control applies. Figures in `ops/BENCHMARKS.md`.
 """
 
 from __future__ import annotations
@@ -27,12 +33,47 @@ from handwriting_ai.errors import OverloadedError, PredictTimeoutError
 T = TypeVar("T")
 # Weight of the newest read in the running mean: about the last 10 reads count.
 _EWMA_ALPHA = 0.2
+# Reads of images up to this many source pixels (1024 x 1024: drawings, chat images, ~1000 px
+# photos) may run on the event loop; a 12 MP photo's decode alone takes ~40 ms.
+INLINE_MAX_PIXELS = 1 << 20
+# Small reads measured, with the ensemble now served, before any runs on the loop: a slow model
+# (or a new one) is timed on the threads first, so it never stalls the loop.
+_INLINE_AFTER = 3
+# A read alone may run on the loop when up to this many times `inline_max_s`.
+_IDLE_FACTOR = 5
+
+
+READS_WAITING_KEY = "handwriting_ai.reads_waiting"  # in the scope's state, set by the edge
+
+
+class ReadsWaiting:
+    """Reads whose requests have arrived (`digits serve`'s edge counts each one as its handler
+    task is created) and have not yet reached the app: how deep the event loop's own queue of
+    reads is, which the read threads' counts cannot see."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def arrived_in_app(self) -> None:
+        self.count -= 1
 
 
 class ReadAdmission:
-    def __init__(self, threads: int, queue: int, *, first_estimate_s: float = 0.005) -> None:
+    def __init__(
+        self,
+        threads: int,
+        queue: int,
+        *,
+        inline_max_s: float = 0.0,
+        first_estimate_s: float = 0.005,
+    ) -> None:
         self.threads = threads
         self.queue = queue
+        self.inline_max_s = inline_max_s  # 0: every read runs on a thread
+        # Small reads' running mean, and what it was measured with (the served ensemble).
+        self._small_mean_s = 0.0
+        self._small_n = 0
+        self._small_key: object | None = None
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read")
         self._lock = threading.Lock()
         self._admitted = 0  # running + waiting; released when the thread is done with it
@@ -100,6 +141,40 @@ class ReadAdmission:
             else:
                 self._mean_s, self._measured = seconds, True
 
+    def inline_ok(
+        self, pixels: int | None, cost_key: object, waiting: int, timeout_s: float
+    ) -> bool:
+        """Run this read on the event loop? Only a small image (`pixels`, from its header), once
+        small reads with `cost_key` (the served ensemble) are measured, and only when quick:
+        - under load, reads up to `inline_max_s` (a 112 px PNG: ~1.5 ms), while the `waiting`
+          reads queued for the loop would be done within a quarter of the timeout. The loop then
+          reads them one after another: cheaper than handing each to a thread and back;
+        - alone (nothing else waiting or running), reads up to `_IDLE_FACTOR` times that (a
+          900 px photo: ~6 ms), which gain the hand-over and lose nothing. Under load those go
+          to the threads, whose parallelism pays for the hand-over (decode and OpenCV release
+          the GIL)."""
+        if self.inline_max_s <= 0 or pixels is None or pixels > INLINE_MAX_PIXELS:
+            return False
+        with self._lock:
+            if cost_key is not self._small_key or self._small_n < _INLINE_AFTER:
+                return False
+            mean = self._small_mean_s
+            alone = waiting == 0 and self._admitted <= 1
+        if alone:
+            return mean <= _IDLE_FACTOR * self.inline_max_s
+        return mean <= self.inline_max_s and waiting * mean <= timeout_s / 4
+
+    def record_small(self, seconds: float, cost_key: object) -> None:
+        """A small read's CPU time, wherever it ran; a new ensemble starts a new mean."""
+        with self._lock:
+            if cost_key is not self._small_key:
+                self._small_key, self._small_n = cost_key, 0
+            if self._small_n == 0:
+                self._small_mean_s = seconds
+            else:
+                self._small_mean_s += _EWMA_ALPHA * (seconds - self._small_mean_s)
+            self._small_n += 1
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -118,20 +193,40 @@ class Admitted:
             self._held = False
             self._admission._release()
 
-    async def run(self, fn: Callable[[], T]) -> T:
+    def run_inline(self, fn: Callable[[], T], *, cost_key: object | None = None) -> T:
+        """Run `fn` here, on the event loop (see `ReadAdmission.inline_ok`); `cost_key`: a
+        small read, whose cost is recorded under that key."""
+        if not self._held:
+            raise RuntimeError("an admitted read runs once")
+        cpu = time.thread_time()
+        try:
+            result = fn()
+        finally:
+            self.release()
+        if cost_key is not None:
+            self._admission.record_small(time.thread_time() - cpu, cost_key)
+        return result
+
+    async def run(self, fn: Callable[[], T], *, cost_key: object | None = None) -> T:
         """Run `fn` on a read thread, carrying the log context; 504 when it did not finish in
-        time (waiting included)."""
+        time (waiting included). `cost_key`: as for `run_inline`."""
         if not self._held:
             raise RuntimeError("an admitted read runs once")
         admission, timeout_s = self._admission, self._timeout_s
         ctx = contextvars.copy_context()
 
         def timed() -> T:
-            started = time.monotonic()
+            started, cpu = time.monotonic(), time.thread_time()
             try:
-                return fn()
+                result = fn()
             finally:
                 admission._record(time.monotonic() - started)
+            if cost_key is not None:  # a read that failed is not a small read's cost
+                # CPU time, not wall time: under load a thread waits for the GIL and the cores,
+                # and those waits must not make a quick read look slow (it would never run on
+                # the loop again).
+                admission.record_small(time.thread_time() - cpu, cost_key)
+            return result
 
         future = admission._executor.submit(ctx.run, timed)  # RuntimeError when stopping
         # From here the place is released when the thread is done (or the read was cancelled

@@ -131,7 +131,11 @@ def create_app(
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
         threads = settings.app.executor_threads
-        state.reads = ReadAdmission(threads, settings.digits.read_queue)
+        state.reads = ReadAdmission(
+            threads,
+            settings.digits.read_queue,
+            inline_max_s=settings.digits.inline_read_ms / 1000,
+        )
         state.admin = ThreadPoolExecutor(max_workers=2, thread_name_prefix="admin")
         own_redis = redis is None and settings.redis_url is not None
         if own_redis and settings.redis_url is not None:

@@ -8,6 +8,10 @@ first byte (of the connection, for a new one) and its body within `APP__BODY_TIM
 that; a late one gets 408 and the connection is closed. Beyond `APP__MAX_CONNECTIONS` open
 connections a new one gets 503 `overloaded` at once, in our error shape, instead of waiting.
 And every connection sends without Nagle's delay (see `_no_delay`).
+
+The edge also counts the reads that have arrived and not yet reached the app (`ReadsWaiting`,
+handed to the app in the scope's state): with small reads run on the event loop itself, the
+loop's own queue is where reads wait, and only the edge sees it.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import asyncio
 import socket
 from typing import Literal
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from handwriting_ai.api.admission import READS_WAITING_KEY, ReadsWaiting
 from handwriting_ai.api.errors import error_json
 from handwriting_ai.logging import get_logger
 
@@ -63,6 +69,7 @@ class EdgeProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     max_connections: int = 1000
+    reads_waiting: ReadsWaiting | None = None  # one per server (`configure`)
 
     @classmethod
     def configure(
@@ -75,6 +82,7 @@ class EdgeProtocol(HttpToolsProtocol):
                 "header_timeout_s": header_timeout_s,
                 "body_timeout_s": body_timeout_s,
                 "max_connections": max_connections,
+                "reads_waiting": ReadsWaiting(),
             },
         )
 
@@ -110,6 +118,16 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._disarm()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # Counted where the task is made (pipelined requests only when their turn comes): every
+        # task made reaches the app, whose read shedding (`api/shed.py`) takes it off the count.
+        waiting = self.reads_waiting
+        scope = cycle.scope
+        if waiting is not None and scope["method"] == "POST" and scope["path"] == "/v1/read":
+            waiting.count += 1
+            scope["state"][READS_WAITING_KEY] = waiting
+        super()._start_asgi_task(cycle, app)
 
     def _arm(self, phase: Phase) -> None:
         self._disarm()

@@ -49,7 +49,12 @@ class ApiMetrics:
             buckets=STAGE_BUCKETS_S,
             registry=self.registry,
         )
-
+        self.read_places = Counter(
+            "digits_read_runs",
+            "Reads computed, by where: on the event loop (small quick reads) or a read thread",
+            ["where"],
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "digits_model_reloads",
             "Model versions this replica loaded (loaded) or could not load (failed)",
@@ -87,6 +92,9 @@ class ApiMetrics:
         self.stage_seconds.labels("decode").observe(reading.decode_ms / 1000)
         self.stage_seconds.labels("preprocess").observe(reading.preprocess_ms / 1000)
         self.stage_seconds.labels("forward").observe(reading.forward_ms / 1000)
+
+    def read_ran(self, *, inline: bool) -> None:
+        self.read_places.labels("loop" if inline else "thread").inc()
 
     def read_refused(self, status: int, code: str) -> None:
         outcome = "error" if status >= 500 and status != 503 else "refused"

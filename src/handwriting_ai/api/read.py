@@ -11,7 +11,12 @@ from litestar.exceptions import ClientException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from multipart import ParserLimitReached  # type: ignore[import-untyped]
 
-from handwriting_ai.api.admission import Admitted
+from handwriting_ai.api.admission import (
+    INLINE_MAX_PIXELS,
+    READS_WAITING_KEY,
+    Admitted,
+    ReadsWaiting,
+)
 from handwriting_ai.api.openapi import READ_FORM, documented
 from handwriting_ai.api.schemas import ReadResponse
 from handwriting_ai.api.security import require_api_key
@@ -34,7 +39,7 @@ from handwriting_ai.inference.engine import Ensemble
 from handwriting_ai.inference.read import Reading, read_digit
 from handwriting_ai.logging import get_logger
 from handwriting_ai.preprocessing import PreprocessOptions
-from handwriting_ai.preprocessing.decode import limits_of
+from handwriting_ai.preprocessing.decode import limits_of, source_pixels
 from handwriting_ai.settings import DigitsSettings
 
 log = get_logger("handwriting_ai.read")
@@ -81,6 +86,12 @@ async def _parse_form(request: Request[object, object, State]) -> tuple[UploadFi
     return upload, flags
 
 
+def _reads_waiting(request: Request[object, object, State]) -> int:
+    """Reads queued for the event loop behind this one (counted by `digits serve`'s edge)."""
+    waiting = request.scope.get("state", {}).get(READS_WAITING_KEY)
+    return waiting.count if isinstance(waiting, ReadsWaiting) else 0
+
+
 async def _read(
     request: Request[object, object, State],
     admitted: Admitted,
@@ -94,20 +105,30 @@ async def _read(
     options = PreprocessOptions(
         invert=_flag(form, "invert"), center=True if center is None else center
     )
-    reading = await admitted.run(
-        partial(
-            read_digit,
-            data,
-            content_type=upload.content_type,
-            ensemble=ensemble,
-            limits=limits_of(digits),
-            options=options,
-            tta_profile=digits.tta_profile,
-            uncertain_threshold=digits.uncertain_threshold,
-            visualize=bool(_flag(form, "visualize")),
-            visualize_max_bytes=digits.visualize_max_kb * 1024,
-        )
+    job = partial(
+        read_digit,
+        data,
+        content_type=upload.content_type,
+        ensemble=ensemble,
+        limits=limits_of(digits),
+        options=options,
+        tta_profile=digits.tta_profile,
+        uncertain_threshold=digits.uncertain_threshold,
+        visualize=bool(_flag(form, "visualize")),
+        visualize_max_bytes=digits.visualize_max_kb * 1024,
     )
+    state = AppState.of(request.app.state)
+    reads = state.reads
+    pixels = source_pixels(data) if reads is not None and reads.inline_max_s > 0 else None
+    inline = reads is not None and reads.inline_ok(
+        pixels, ensemble, _reads_waiting(request), digits.predict_timeout_seconds
+    )
+    small = ensemble if pixels is not None and pixels <= INLINE_MAX_PIXELS else None
+    if inline:
+        reading = admitted.run_inline(job, cost_key=small)
+    else:
+        reading = await admitted.run(job, cost_key=small)
+    state.metrics.read_ran(inline=inline)
     pre = reading.preprocessed
     log.info(
         "digit_read",

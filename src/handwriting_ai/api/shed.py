@@ -13,6 +13,7 @@ from __future__ import annotations
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
+from handwriting_ai.api.admission import READS_WAITING_KEY, ReadsWaiting
 from handwriting_ai.api.errors import error_json
 from handwriting_ai.api.state import AppState
 from handwriting_ai.logging import get_logger
@@ -30,12 +31,15 @@ class ShedReads:
         refused = None
         reads = self.state.reads
         if (
-            reads is not None
-            and scope["type"] == ScopeType.HTTP
+            scope["type"] == ScopeType.HTTP
             and scope["method"] == "POST"
             and scope["path"] == "/v1/read"
         ):
-            refused = reads.refusal(self.timeout_s)
+            waiting = scope.get("state", {}).get(READS_WAITING_KEY)
+            if isinstance(waiting, ReadsWaiting):
+                waiting.arrived_in_app()  # the edge counted it; the handler reads the count
+            if reads is not None:
+                refused = reads.refusal(self.timeout_s)
         if refused is None:
             await self.app(scope, receive, send)
             return
