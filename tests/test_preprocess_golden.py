@@ -1,0 +1,108 @@
+"""The preprocessing's output, bit for bit, on a fixed corpus: what `preprocess_hash` promises.
+
+The shipped models were trained on exactly this output. Speeding a step up must not change one
+bit of it (else `PARAMS["version"]` changes, and with it `preprocess_hash`, and every model must
+be retrained). The corpus: digits rendered by `data.synthetic`, made into every kind of
+`ops/make_realistic_set.py` (photos, shadows, ruled paper, chalk, canvas, ...), plus 112 px
+scans (as `ops/bench_read.py` sends) and MNIST-like white-on-black images, each through the
+decode and the pipeline with the option sets the API uses.
+
+If this fails after a dependency upgrade (OpenCV, Pillow, numpy), the models see different input
+now: measure the accuracy (`ops/eval_read.py`) before accepting the new digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from handwriting_ai.data.synthetic import render_digits
+from handwriting_ai.errors import PreprocessingFailedError
+from handwriting_ai.preprocessing import (
+    ImageLimits,
+    PreprocessOptions,
+    decode_image,
+    preprocess_gray,
+    preprocess_hash,
+)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "ops" / "make_realistic_set.py"
+LIMITS = ImageLimits(max_bytes=12 << 20, max_side_px=16384, max_pixels=64_000_000)
+OPTIONS = (
+    PreprocessOptions(),
+    PreprocessOptions(center=False),
+    PreprocessOptions(invert=True),
+)
+# sha256 of every output below, taken from the pipeline as the shipped models were trained on it
+# (at 3636ff8, before the speed-ups of issue 11's second round).
+GOLDEN = "c404d22bf5ba85d49e90c3662230788652ba4a16f4bb57702511cbb3ba489e0e"
+PREPROCESS_HASH = "30a6aa73ce81a6d4"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_realistic_set_golden", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _png(gray: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def corpus() -> list[bytes]:
+    digits, _ = render_digits(60, 11)  # white on black, 28 x 28, like MNIST
+    uploads: list[bytes] = []
+    for i, d in enumerate(digits[:40]):
+        side = (112, 56, 200, 28)[i % 4]
+        scan = cv2.resize(255 - d, (side, side), interpolation=cv2.INTER_LINEAR)
+        uploads.append(_png(scan))  # dark ink on white, as a scan or the bench's PNGs
+        uploads.append(_png(cv2.resize(d, (side, side), interpolation=cv2.INTER_LINEAR)))
+    script = _script()
+    rng = np.random.default_rng(5)
+    for k, kind in enumerate(script.KINDS):
+        make = script.KIND_FUNCS[kind]
+        for d in digits[40 + k % 10 : 44 + k % 10]:
+            data, _ = make(d, rng)
+            uploads.append(data)
+    return uploads
+
+
+def test_the_preprocessing_output_is_unchanged() -> None:
+    assert preprocess_hash() == PREPROCESS_HASH
+    digest = hashlib.sha256()
+    failed = [0] * len(OPTIONS)
+    for data in corpus():
+        gray = decode_image(data, LIMITS)
+        digest.update(gray.tobytes())
+        for i, options in enumerate(OPTIONS):
+            try:
+                pre = preprocess_gray(gray, options)
+            except PreprocessingFailedError as exc:  # forced inversion of a dark-ink image
+                failed[i] += 1
+                digest.update(str(exc).encode())
+                continue
+            digest.update(pre.pixels.tobytes())
+            digest.update(pre.tensor.tobytes())
+            facts = (
+                pre.inverted,
+                pre.deskew_deg,
+                pre.components_kept,
+                pre.components_dropped,
+                pre.lines_removed,
+            )
+            digest.update(repr(facts).encode())
+    assert failed[:2] == [0, 0], failed  # the corpus exercises the pipeline, not its refusals
+    assert digest.hexdigest() == GOLDEN, digest.hexdigest()
