@@ -36,16 +36,27 @@ def remove_ruled_lines(mask: U8) -> tuple[U8, int]:
     thick_max = max(2, round(min(h, w) * _LINE_MAX_THICKNESS_FRAC))
     lines = np.zeros_like(mask)
     found = 0
+    set_pixels = mask > 0
     for length, horizontal in (
         (max(8, int(w * _LINE_MIN_LENGTH_FRAC)), True),
         (max(8, int(h * _LINE_MIN_LENGTH_FRAC)), False),
     ):
-        shape = (length, 1) if horizontal else (1, length)
-        runs = cv2.morphologyEx(
-            mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, shape)
-        )
-        if not cv2.countNonZero(runs):  # the usual case: no line at all, nothing to label
+        # The opening keeps nothing unless some row (column) holds a run of set pixels at least
+        # min(length - anchor, anchor + 1) long: erosion counts pixels past the image's edge as
+        # set, so a run touching the edge needs only that much. Fewer set pixels in every row
+        # than that: no run, nothing to open (most digits; the same result, ~0.1 ms sooner).
+        anchor = length // 2
+        longest = int(set_pixels.sum(axis=1 if horizontal else 0).max())
+        if longest < min(length - anchor, anchor + 1):
             continue
+        shape = (length, 1) if horizontal else (1, length)
+        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, shape)
+        # An opening is this erosion dilated (as `morphologyEx` does it): when the erosion is
+        # empty, so is the opening, and the dilation is skipped.
+        eroded = cv2.erode(mask, kernel)
+        if not cv2.countNonZero(eroded):  # the usual case: no line at all, nothing to label
+            continue
+        runs = cv2.dilate(eroded, kernel)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
         for i in range(1, n):
             thickness = stats[i, cv2.CC_STAT_HEIGHT] if horizontal else stats[i, cv2.CC_STAT_WIDTH]
@@ -84,6 +95,16 @@ def group_digit_components(mask: U8, ink: U8) -> Grouping | None:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     if n <= 1:
         return None
+    if n == 2:
+        # One piece (most drawings and scans): it is the seed and the whole group. The general
+        # path below gives the same answer, with its weighing and growing done for nothing.
+        if float(ink[mask > 0].sum()) <= 0:
+            return None
+        group_mask = as_u8(cv2.bitwise_and(joined, mask))  # joined covers mask: == mask
+        x0, y0, bw, bh = cv2.boundingRect(group_mask)
+        return Grouping(
+            mask=group_mask, bbox=(int(x0), int(y0), int(bw), int(bh)), kept=1, dropped=0
+        )
     areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
     mass = np.bincount(labels.ravel(), weights=np.where(mask > 0, ink, 0).ravel(), minlength=n)[1:]
     boxes = [tuple(int(v) for v in stats[i, :4]) for i in range(1, n)]
