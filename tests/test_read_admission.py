@@ -194,3 +194,21 @@ def test_model_listing_never_waits_behind_reads(model_dir: Path, calls: Calls) -
             assert reading.result(timeout=30).response.status_code == 200
         assert listing.status_code == 200, listing.text
         assert elapsed < FORWARD_S / 2, elapsed  # the only read thread was busy all along
+
+
+def test_an_idle_spell_before_a_burst_is_not_read_as_a_slow_queue(
+    model_dir: Path, calls: Calls
+) -> None:
+    # The queue's drain rate is measured between completions while reads wait. An idle spell
+    # before a burst is no such interval: counted as one, it made a 0.4 s read look like a 2.9 s
+    # one, and every read that had to wait was refused from then on (found under the bench).
+    # Every read on the thread (the sleep costs no CPU: it would be measured quick and inlined).
+    limits = {"DIGITS__READ_QUEUE": "10", "DIGITS__PREDICT_TIMEOUT_SECONDS": "2"}
+    with api(model_dir, DIGITS__INLINE_READ_MS="0", **limits) as url:
+        assert read(url).response.status_code == 200  # a read takes 0.4 s
+        time.sleep(2.5)
+        first = by_status(burst(url, 3))  # start at 0, 0.4 and 0.8 s: each ends within 2 s
+        assert {k: len(v) for k, v in first.items()} == {200: 3}
+        second = by_status(burst(url, 3))  # the same again, now with a measured drain rate
+        assert {k: len(v) for k, v in second.items()} == {200: 3}
+        assert calls.count == 7

@@ -80,7 +80,9 @@ class ReadAdmission:
         self._mean_s = first_estimate_s  # until the first read is measured
         self._measured = False
         self._drain_s: float | None = None  # mean interval between completions under a queue
-        self._last_done: float | None = None
+        # The last completion, when a read was waiting for its thread then (so every thread
+        # stayed busy from that moment on); None when none was.
+        self._last_busy_done: float | None = None
 
     @property
     def admitted(self) -> int:
@@ -94,7 +96,10 @@ class ReadAdmission:
 
     def _refusal(self, timeout_s: float) -> OverloadedError | None:
         ahead = max(0, self._admitted - self.threads + 1)  # must wait: this one included
-        per_read = self._mean_s / self.threads if self._drain_s is None else self._drain_s
+        per_read = self._mean_s / self.threads
+        if self._drain_s is not None:
+            # Never slower than one thread alone: the threads finish reads at least that often.
+            per_read = min(self._drain_s, self._mean_s)
         expected_start_s = ahead * per_read
         # A read that can start at once is always tried, whatever its timeout.
         if ahead > self.queue or (ahead and expected_start_s + self._mean_s > timeout_s):
@@ -124,14 +129,18 @@ class ReadAdmission:
         """A read's thread is done with it (or it was cancelled before it started)."""
         now = time.monotonic()
         with self._lock:
-            if self._admitted > self.threads and self._last_done is not None:
-                interval = now - self._last_done  # others waited: the threads were never idle
+            if self._last_busy_done is not None:
+                # A read waited at the last completion, so no thread was idle since: this is
+                # how fast the threads drain a queue. (Measured from any earlier completion, an
+                # idle minute before a burst read as one slow read, and refused every read that
+                # had to wait from then on.)
+                interval = now - self._last_busy_done
                 self._drain_s = (
                     interval
                     if self._drain_s is None
                     else self._drain_s + _EWMA_ALPHA * (interval - self._drain_s)
                 )
-            self._last_done = now
+            self._last_busy_done = now if self._admitted > self.threads else None
             self._admitted -= 1
 
     def _record(self, seconds: float) -> None:

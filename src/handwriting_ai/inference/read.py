@@ -58,8 +58,9 @@ def read_digit(
     x = torch.from_numpy(pre.tensor).reshape(1, 1, 28, 28)
     probs = ensemble.predict(x, tta_profile)
     forwarded = time.perf_counter()
-    values = [round(float(p), 6) for p in probs]
-    digit = int(torch.argmax(probs))
+    as_list = probs.tolist()  # one conversion: iterating a tensor makes a tensor per value
+    values = [round(p, 6) for p in as_list]
+    digit = max(range(len(as_list)), key=as_list.__getitem__)  # torch.argmax: the first max
     confidence = values[digit]
     return Reading(
         digit=digit,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -34,7 +35,7 @@ def percentiles_u8(
     n = int(values.size)
     if n == 0:
         raise ValueError("percentile of an empty array")
-    cum = np.cumsum(np.bincount(values.ravel(), minlength=256))
+    cum = np.cumsum(_histogram(values))
     kind = np.uint8 if dtype is None else dtype
     out = []
     for q in qs:
@@ -49,3 +50,17 @@ def percentiles_u8(
         diff = b - a
         out.append(float(b - diff * (1 - gamma)) if gamma >= 0.5 else float(a + diff * gamma))
     return out
+
+
+# OpenCV counts in float32, exact up to 2**24; np.bincount widens every value to int64 first
+# (a 256x256 image: 79 us against 17 us). Small arrays stay with bincount (less call overhead).
+_CV_HIST_MIN, _CV_HIST_MAX = 4096, 1 << 24
+
+
+def _histogram(values: U8) -> npt.NDArray[np.int64]:
+    """The 256-bin count of uint8 `values`, exactly."""
+    if not _CV_HIST_MIN <= values.size < _CV_HIST_MAX:
+        return np.bincount(values.ravel(), minlength=256)
+    flat = np.ascontiguousarray(values).reshape(1, -1)  # one row: a column is 2x slower
+    counts = cv2.calcHist([flat], [0], None, [256], [0, 256])
+    return np.asarray(counts, dtype=np.float32).ravel().astype(np.int64)
