@@ -13,14 +13,15 @@ Upload sets (`--sets`):
            output), else 48 generated with those kinds
   phone    8 distinct 12 MP phone photos (4032x3024 JPEG, every other one stored sideways with
            an EXIF orientation) from make_realistic_set.phone_photo, reused
-Per server and set, after a warm-up of 40 requests from 8 clients (BentoML's batcher calibrates
-on its first batches): one keep-alive client back to back (p50/p95/p99 after 20 more warm-up
-requests), then 8 and 32 concurrent clients (req/s of all answers, p50/p95 of all answers,
-non-200 answers by status; `conn`: no HTTP answer). Every figure also as a ratio to the floor's
-from this run. Then the overload phase, ours only: `digits serve` restarted with
-DIGITS__PREDICT_TIMEOUT_SECONDS=0.5, 128 clients (one connection each) for 10 s on the PNGs,
-twice: clients that wait out Retry-After, then a retry storm that does not; answers 200 / 503 /
-504 / other, p95 of the 200s and of the 503s, req/s of the 200s. The load generator is a raw
+Per server and set, after a warm-up of 40 requests from 8 clients (BentoML's batcher calibrates on
+its first batches): one keep-alive client back to back (p50/p95/p99 after 20 more warm-up
+requests), then 8 and 32 concurrent clients (req/s of all answers, p50/p95 of all answers, non-200
+answers by status; `conn`: no HTTP answer); with `--rounds R` each of those R times, in alternating
+order, pooled (the machine's speed drifts; both counts then see the same drift). Every figure also
+as a ratio to the floor's from this run. Then the overload phase, ours only: `digits serve`
+restarted with DIGITS__PREDICT_TIMEOUT_SECONDS=0.5, 128 clients (one connection each) for 10 s on
+the PNGs, twice: clients that wait out Retry-After, then a retry storm that does not; answers 200 /
+503 / 504 / other, p95 of the 200s and of the 503s, req/s of the 200s. The load generator is a raw
 HTTP/1.1 client on asyncio with each request encoded once (httpx spent ~1.5 ms of CPU a request).
 The tables go to stdout, ready for ops/BENCHMARKS.md; progress goes to stderr.
 
@@ -28,6 +29,7 @@ The tables go to stdout, ready for ops/BENCHMARKS.md; progress goes to stderr.
     ./dev run python ops/bench_read.py --set /tmp/realistic --peer-venv /tmp/peer-bentoml-venv
     ./dev run python ops/bench_read.py --servers floor,ours --sets png --profiles none,strong
     ./dev run python ops/bench_read.py --url http://127.0.0.1:8000 --servers floor,ours
+    ./dev run python ops/bench_read.py --servers floor,ours --rounds 4   # 8 vs 32 clients, paired
     ./dev run python ops/bench_read.py --requests 30 --overload-seconds 2   # a functional check
 """
 
@@ -558,22 +560,36 @@ def warm_up(url: str, uploads: list[Upload]) -> None:
     asyncio.run(load(url, uploads, CONCURRENCY[0], requests=WARMUP_REQUESTS))
 
 
-def measure(url: str, uploads: list[Upload], n: int) -> Measured:
+def measure(url: str, uploads: list[Upload], n: int, rounds: int = 1) -> Measured:
+    """One client, then each concurrency `rounds` times in alternating order (8, 32, 32, 8,
+    ...), pooled: a machine whose speed drifts during the run then slows both alike."""
     warm_up(url, uploads)
     seq = sequential(url, uploads, n)
-    conc = {c: asyncio.run(load(url, uploads, c, requests=n)) for c in CONCURRENCY}
+    runs: dict[int, list[Phase]] = {c: [] for c in CONCURRENCY}
+    for r in range(rounds):
+        for c in CONCURRENCY if r % 2 == 0 else CONCURRENCY[::-1]:
+            runs[c].append(asyncio.run(load(url, uploads, c, requests=n)))
+    if rounds > 1:
+        each = "; ".join(
+            f"{c}: {', '.join(fmt_rps(p.rps()) for p in ps)}" for c, ps in runs.items()
+        )
+        progress(f"req/s by round, {each}")
+    conc = {
+        c: Phase([a for p in ps for a in p.answers], sum(p.seconds for p in ps))
+        for c, ps in runs.items()
+    }
     return Measured(seq, conc)
 
 
 def run_servers(
-    specs: Sequence[ServerSpec], sets: Sequence[UploadSet], n: int
+    specs: Sequence[ServerSpec], sets: Sequence[UploadSet], n: int, rounds: int = 1
 ) -> dict[str, dict[str, Measured]]:
     """results[server name][set key]; each server started once for all its sets."""
     results: dict[str, dict[str, Measured]] = {}
     for spec in specs:
         with running(spec) as url:
             for upload_set in sets:
-                got = measure(url, upload_set.uploads, n)
+                got = measure(url, upload_set.uploads, n, rounds)
                 results.setdefault(spec.name, {})[upload_set.key] = got
                 progress(f"{spec.name}, {upload_set.title}: {summary(got)}")
     return results
@@ -733,7 +749,13 @@ def header(args: argparse.Namespace) -> list[str]:
         f"torch {importlib.metadata.version('torch')}",
         "",
         f"{args.requests} requests per phase after {WARMUP_REQUESTS} warm-up requests from "
-        f"{CONCURRENCY[0]} clients (1 client: {SEQUENTIAL_WARMUP} more). (Nx): the figure over "
+        f"{CONCURRENCY[0]} clients (1 client: {SEQUENTIAL_WARMUP} more)"
+        + (
+            f"; the concurrent phases {args.rounds} times each, in alternating order, pooled"
+            if args.rounds > 1
+            else ""
+        )
+        + ". (Nx): the figure over "
         "the HTTP floor's in this run. req/s and percentiles count every answer; errors are "
         "the non-200 answers by status (conn: no HTTP answer).",
         "",
@@ -767,6 +789,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="APP__THREADS for ours")
     parser.add_argument("--url", default=None, help="measure this running server as ours")
     parser.add_argument("--peer-venv", type=Path, default=Path("/tmp/peer-bentoml-venv"))
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="concurrent phases, alternated and pooled"
+    )
     parser.add_argument("--skip-overload", action="store_true")
     parser.add_argument("--overload-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
@@ -796,7 +821,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     realistic = load_realistic()
     images, _labels = realistic.load_mnist_test(args.mnist_dir)
     sets = build_sets(args.sets, args.set, realistic, images)
-    results = run_servers(server_specs(args), sets, args.requests)
+    results = run_servers(server_specs(args), sets, args.requests, args.rounds)
     for upload_set in sets:
         print("\n".join(set_table(upload_set, results)), flush=True)
     print("\n".join(run_overload(args, png_uploads(images, PNG_COUNT))), flush=True)

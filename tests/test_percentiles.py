@@ -52,3 +52,20 @@ def test_images_the_pipeline_sees() -> None:
         image[rng.integers(0, 112, 300), rng.integers(0, 112, 300)] = rng.integers(0, 60, 300)
         for q in QS:
             assert percentiles_u8(image, (q,)) == [float(np.percentile(image, q))]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    values=arrays(np.uint8, st.tuples(st.integers(1, 300), st.integers(1, 300))),
+    step=st.integers(1, 3),
+    qs=QUANTILES,
+)
+def test_equals_numpy_on_images_and_their_strided_views(
+    values: U8, step: int, qs: list[float]
+) -> None:
+    """Both counting paths (small arrays and OpenCV's histogram from 4096 values up), on
+    whole images and on views that are not contiguous."""
+    view = values[::step, 1::step]
+    for arr in (values, view) if view.size else (values,):
+        expected = [float(np.percentile(arr, q)) for q in qs]
+        assert percentiles_u8(arr, tuple(qs)) == expected
