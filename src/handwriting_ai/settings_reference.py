@@ -56,8 +56,7 @@ MEANINGS: dict[str, str] = {
     ),
     "DIGITS__INLINE_READ_MS": (
         "a read of an image up to 1024x1024 px runs on the event loop itself, not a read thread,"
-        " once such reads are measured this quick (and while the loop's queue is short), or up"
-        " to 5 times this when no other read is waiting or running; 0: never"
+        " once such reads are measured this quick (and while the loop's queue is short); 0: never"
     ),
     "DIGITS__VISUALIZE_MAX_KB": "cap on `visual_png_b64`",
     "DIGITS__PROMOTION_TOLERANCE": "how much lower a new version's val_acc may be than the "

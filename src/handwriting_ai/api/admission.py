@@ -39,8 +39,6 @@ INLINE_MAX_PIXELS = 1 << 20
 # Small reads measured, with the ensemble now served, before any runs on the loop: a slow model
 # (or a new one) is timed on the threads first, so it never stalls the loop.
 _INLINE_AFTER = 3
-# A read alone may run on the loop when up to this many times `inline_max_s`.
-_IDLE_FACTOR = 5
 
 
 READS_WAITING_KEY = "handwriting_ai.reads_waiting"  # in the scope's state, set by the edge
@@ -154,23 +152,19 @@ class ReadAdmission:
         self, pixels: int | None, cost_key: object, waiting: int, timeout_s: float
     ) -> bool:
         """Run this read on the event loop? Only a small image (`pixels`, from its header), once
-        small reads with `cost_key` (the served ensemble) are measured, and only when quick:
-        - under load, reads up to `inline_max_s` (a 112 px PNG: ~1.5 ms), while the `waiting`
-          reads queued for the loop would be done within a quarter of the timeout. The loop then
-          reads them one after another: cheaper than handing each to a thread and back;
-        - alone (nothing else waiting or running), reads up to `_IDLE_FACTOR` times that (a
-          900 px photo: ~6 ms), which gain the hand-over and lose nothing. Under load those go
-          to the threads, whose parallelism pays for the hand-over (decode and OpenCV release
-          the GIL)."""
+        small reads with `cost_key` (the served ensemble) are measured at most `inline_max_s`
+        (a 112 px PNG: ~1.5 ms), and while the `waiting` reads queued for the loop would be done
+        within a quarter of the timeout. The loop then reads them one after another: cheaper
+        than handing each to a thread and back. Slower reads (a ~900 px photo: ~4 ms) go to the
+        threads even when alone: measured both ways, their parallelism (decode and OpenCV
+        release the GIL) paid for the hand-over, and a photo on the loop held up the reads
+        arriving behind it (`ops/BENCHMARKS.md`)."""
         if self.inline_max_s <= 0 or pixels is None or pixels > INLINE_MAX_PIXELS:
             return False
         with self._lock:
             if cost_key is not self._small_key or self._small_n < _INLINE_AFTER:
                 return False
             mean = self._small_mean_s
-            alone = waiting == 0 and self._admitted <= 1
-        if alone:
-            return mean <= _IDLE_FACTOR * self.inline_max_s
         return mean <= self.inline_max_s and waiting * mean <= timeout_s / 4
 
     def record_small(self, seconds: float, cost_key: object) -> None:
