@@ -6,7 +6,7 @@ the same uploads; the HTTP side (multipart parse, framework, response) is what
 checkout's code with `PYTHONPATH=/that/checkout/src` to compare before and after.
 
     python ops/profile_read.py [--backend onnxruntime|torch] [--repeats 1000]
-    python ops/profile_read.py --phone 30     # 12 MP phone photos: decode, preprocess, right?
+    python ops/profile_read.py --phone 30     # 12 MP photos: decode, preprocess, right? decoders
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -98,6 +99,36 @@ def phone_photos(ensemble: Ensemble, count: int) -> None:
     print(f"| decode | {statistics.median(decode_ms):.1f} |")
     print(f"| preprocess | {statistics.median(preprocess_ms):.1f} |")
     print(f"read right: {right} of {count}")
+    decoders_by_scale(realistic.phone_photo(images[100], np.random.default_rng([11, 100])))
+
+
+def decoders_by_scale(data: bytes, repeats: int = 15) -> None:
+    """The JPEG decode alone, luma only, at each of libjpeg's scales: Pillow's draft (what
+    decode_image uses) and OpenCV's reduced reads. Median ms of `repeats`."""
+
+    def pillow(scale: int) -> None:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("L", (image.size[0] // scale, image.size[1] // scale))
+            image.load()
+
+    def opencv(flag: int) -> None:
+        cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+
+    def ms(fn: Callable[[], None]) -> str:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - started) * 1000)
+        return f"{statistics.median(times):.1f}"
+
+    reduced = {4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+    pillow_ms = [ms(partial(pillow, scale)) for scale in (1, 2, 4, 8)]
+    opencv_ms = [ms(partial(opencv, reduced[scale])) for scale in (4, 8)]
+    print(f"decode alone, one {len(data) / 1e6:.1f} MB photo, median ms of {repeats}:")
+    print("| decoder | 1/1 | 1/2 | 1/4 | 1/8 |")
+    print(f"| Pillow draft L | {' | '.join(pillow_ms)} |")
+    print(f"| OpenCV reduced grayscale | | | {' | '.join(opencv_ms)} |")
 
 
 def main() -> int:
