@@ -97,14 +97,14 @@ def on_read_thread(name: str) -> bool:
 
 # Where small reads run, not how fast this machine is: a budget no spy read reaches, even cold
 # and under the full suite (at the default 3 ms, CI's first reads took five to measure quick).
-GENEROUS = {"DIGITS__INLINE_READ_MS": "50"}
+GENEROUS_MS = "50"
 
 
 def test_small_reads_run_on_the_event_loop_once_measured_quick(
     model_dir: Path, where: Where
 ) -> None:
     image = png_bytes(seven())
-    with api(model_dir, **GENEROUS) as url, httpx.Client(timeout=30) as client:
+    with api(model_dir, DIGITS__INLINE_READ_MS=GENEROUS_MS) as url, httpx.Client(timeout=30) as client:
         for _ in range(8):
             read(client, url, image)
         # Measured on the threads first, then run where the loop is.
@@ -118,7 +118,7 @@ def test_small_reads_run_on_the_event_loop_once_measured_quick(
 def test_a_big_image_is_read_on_a_thread(model_dir: Path, where: Where) -> None:
     side = 1100
     assert side * side > INLINE_MAX_PIXELS
-    with api(model_dir, **GENEROUS) as url, httpx.Client(timeout=30) as client:
+    with api(model_dir, DIGITS__INLINE_READ_MS=GENEROUS_MS) as url, httpx.Client(timeout=30) as client:
         for _ in range(4):
             read(client, url, png_bytes(seven()))
         assert not on_read_thread(where.threads[-1]), where.threads  # small ones: the loop
