@@ -104,7 +104,10 @@ def test_small_reads_run_on_the_event_loop_once_measured_quick(
     model_dir: Path, where: Where
 ) -> None:
     image = png_bytes(seven())
-    with api(model_dir, DIGITS__INLINE_READ_MS=GENEROUS_MS) as url, httpx.Client(timeout=30) as client:
+    with (
+        api(model_dir, DIGITS__INLINE_READ_MS=GENEROUS_MS) as url,
+        httpx.Client(timeout=30) as client,
+    ):
         for _ in range(8):
             read(client, url, image)
         # Measured on the threads first, then run where the loop is.
@@ -118,7 +121,10 @@ def test_small_reads_run_on_the_event_loop_once_measured_quick(
 def test_a_big_image_is_read_on_a_thread(model_dir: Path, where: Where) -> None:
     side = 1100
     assert side * side > INLINE_MAX_PIXELS
-    with api(model_dir, DIGITS__INLINE_READ_MS=GENEROUS_MS) as url, httpx.Client(timeout=30) as client:
+    with (
+        api(model_dir, DIGITS__INLINE_READ_MS=GENEROUS_MS) as url,
+        httpx.Client(timeout=30) as client,
+    ):
         for _ in range(4):
             read(client, url, png_bytes(seven()))
         assert not on_read_thread(where.threads[-1]), where.threads  # small ones: the loop
