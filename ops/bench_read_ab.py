@@ -1,5 +1,6 @@
 """Two running servers measured in turn, round after round: one client's p50, then 8 and 32
-clients' req/s, per round and as medians (Linux; the load generator of `ops/bench_read.py`).
+clients' req/s, per round and as medians (Linux; `ops/bench_read.py`'s load generator and its
+phases, `measure`, once per server per round).
 
 A setting's effect is a few percent, and this machine's speed drifts by more than that within a
 minute; alternating the servers (A, B, then B, A) in one sitting makes them share the drift.
@@ -12,7 +13,6 @@ minute; alternating the servers (A, B, then B, A) in one sitting makes them shar
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 from collections.abc import Sequence
@@ -32,16 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     realistic = br.load_realistic()
     images, _labels = realistic.load_mnist_test(br.SHARED / "data" / "mnist")
     (upload_set,) = br.build_sets([args.set], None, realistic, images)
-    uploads = upload_set.uploads
-    for url in args.urls:
-        br.warm_up(url, uploads)
     figures: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
         for url in args.urls if r % 2 == 0 else args.urls[::-1]:
-            seq = br.sequential(url, uploads, args.requests)
-            figures.setdefault((url, "1 client p50 ms"), []).append(br.pct(seq.ms(200), 0.5))
-            for clients in br.CONCURRENCY:
-                phase = asyncio.run(br.load(url, uploads, clients, requests=args.requests))
+            got = br.measure(url, upload_set.uploads, args.requests)
+            figures.setdefault((url, "1 client p50 ms"), []).append(
+                br.pct(got.sequential.ms(200), 0.5)
+            )
+            for clients, phase in got.concurrent.items():
                 if phase.counts()[200] != len(phase.answers):
                     br.note(f"{url}, {clients} clients: {br.errors(phase)}")
                 figures.setdefault((url, f"{clients} clients req/s"), []).append(phase.rps(200))

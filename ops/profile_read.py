@@ -50,12 +50,12 @@ def pngs(count: int) -> list[bytes]:
     return out
 
 
-def median_ms(fn: Callable[[int], object], repeats: int) -> float:
+def median_ms(fn: Callable[[int], object], repeats: int, warmup: int = 100) -> float:
     times = []
-    for i in range(repeats + 100):
+    for i in range(repeats + warmup):
         started = time.perf_counter()
         fn(i)
-        if i >= 100:
+        if i >= warmup:
             times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
 
@@ -106,21 +106,16 @@ def decoders_by_scale(data: bytes, repeats: int = 15) -> None:
     """The JPEG decode alone, luma only, at each of libjpeg's scales: Pillow's draft (what
     decode_image uses) and OpenCV's reduced reads. Median ms of `repeats`."""
 
-    def pillow(scale: int) -> None:
+    def pillow(scale: int, _: int) -> None:
         with Image.open(io.BytesIO(data)) as image:
             image.draft("L", (image.size[0] // scale, image.size[1] // scale))
             image.load()
 
-    def opencv(flag: int) -> None:
+    def opencv(flag: int, _: int) -> None:
         cv2.imdecode(np.frombuffer(data, np.uint8), flag)
 
-    def ms(fn: Callable[[], None]) -> str:
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - started) * 1000)
-        return f"{statistics.median(times):.1f}"
+    def ms(fn: Callable[[int], object]) -> str:
+        return f"{median_ms(fn, repeats, warmup=2):.1f}"
 
     reduced = {4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
     pillow_ms = [ms(partial(pillow, scale)) for scale in (1, 2, 4, 8)]

@@ -60,7 +60,7 @@ def read_digit(
     forwarded = time.perf_counter()
     as_list = probs.tolist()  # one conversion: iterating a tensor makes a tensor per value
     values = [round(p, 6) for p in as_list]
-    digit = max(range(len(as_list)), key=as_list.__getitem__)  # torch.argmax: the first max
+    digit = as_list.index(max(as_list))  # the first maximum, as torch.argmax
     confidence = values[digit]
     return Reading(
         digit=digit,
