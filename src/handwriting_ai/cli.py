@@ -98,9 +98,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from attrs import evolve
+
     from handwriting_ai.data.mnist import DataMissingError
     from handwriting_ai.inference.store import set_current
-    from handwriting_ai.training.config import TrainConfig
+    from handwriting_ai.training.config import AugmentConfig, TrainConfig
     from handwriting_ai.training.progress import TerminalReporter
     from handwriting_ai.training.run import InvalidTrainConfigError, run_training
 
@@ -112,7 +114,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
-        augment=args.augment,
+        augment=args.augment or args.elastic > 0,
+        # --elastic adds elastic distortion to the robust augmentations (--augment implied).
+        aug=evolve(AugmentConfig.robust(), elastic_prob=args.elastic)
+        if args.elastic
+        else AugmentConfig(),
+        ema_decay=args.ema_decay,
         notes=args.notes,
         threads=args.threads,
     )
@@ -284,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=0.003)
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--augment", action="store_true")
+    t.add_argument(
+        "--elastic", type=float, default=0.0, help="share of samples elastically distorted"
+    )
+    t.add_argument("--ema-decay", type=float, default=0.0, help="EMA of the weights; 0 = off")
     t.add_argument("--notes", default="")
     t.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core")
     t.add_argument("--data-root", type=Path, default=None, help="default: APP__DATA_ROOT")

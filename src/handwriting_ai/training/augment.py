@@ -1,4 +1,4 @@
-"""Batched augmentation on tensors (affine, morphology, blur, dots, salt/pepper).
+"""Batched augmentation on tensors (affine, elastic, morphology, blur, dots, salt/pepper).
 
 Applied to whole batches in pixel space ([0, 1], ink = 1) so that it costs a small fraction of a
 training step; every random draw comes from the caller's generator, so a seed fixes the data.
@@ -23,7 +23,7 @@ def _chosen(n: int, prob: float, gen: torch.Generator) -> torch.Tensor:
     return (torch.rand(n, generator=gen) < prob).view(n, 1, 1, 1)
 
 
-def _affine(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+def _affine_grid(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     n, _, h, w = x.shape
     rot = torch.deg2rad(_uniform(n, -cfg.rotate_deg, cfg.rotate_deg, gen))
     shear = torch.deg2rad(_uniform(n, -cfg.shear_deg, cfg.shear_deg, gen))
@@ -38,7 +38,48 @@ def _affine(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
         ],
         dim=1,
     )
-    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    return F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+
+
+def _gaussian_1d(sigma: float, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    radius = max(1, math.ceil(2 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=dtype)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    return k / k.sum(), radius
+
+
+def _smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (N, 1, H, W): separable, a row pass then a column pass."""
+    k, radius = _gaussian_1d(sigma, x.dtype)
+    rows = F.conv2d(x, k.view(1, 1, 1, -1), padding=(0, radius))
+    return F.conv2d(rows, k.view(1, 1, -1, 1), padding=(radius, 0))
+
+
+def _elastic(grid: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Simard-style elastic distortion: a random displacement field, smoothed so that nearby
+    pixels move together (a wobble of the pen, not noise), scaled to `elastic_px` RMS."""
+    n, h, w, _ = grid.shape
+    picked = (torch.rand(n, generator=gen) < cfg.elastic_prob).nonzero().squeeze(1)
+    if picked.numel() == 0:
+        return grid
+    m = picked.numel()
+    field = _smooth(torch.rand(m * 2, 1, h, w, generator=gen) * 2 - 1, cfg.elastic_sigma)
+    field = field / field.square().mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-6)
+    # Pixels to grid units ([-1, 1] spans the side).
+    offset = field.view(m, 2, h, w).permute(0, 2, 3, 1) * (2 * cfg.elastic_px / max(h, w))
+    return grid.index_add(0, picked, offset)
+
+
+def _warp(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Affine and elastic in one resampling (each resampling softens the strokes)."""
+    n, _, h, w = x.shape
+    if cfg.rotate_deg or cfg.scale or cfg.shift_px or cfg.shear_deg:
+        grid = _affine_grid(x, cfg, gen)
+    else:
+        identity = torch.eye(2, 3, dtype=x.dtype).expand(n, 2, 3)
+        grid = F.affine_grid(identity, [n, 1, h, w], align_corners=False)
+    if cfg.elastic_prob > 0 and cfg.elastic_px > 0:
+        grid = _elastic(grid, cfg, gen)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -73,17 +114,7 @@ def _morph(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.T
 
 
 def _blur(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    radius = max(1, math.ceil(2 * cfg.blur_sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k1 = torch.exp(-(t**2) / (2 * cfg.blur_sigma**2))
-    k1 = k1 / k1.sum()
-    # A Gaussian is separable: a row pass and a column pass.
-    rows, cols = k1.view(1, 1, 1, -1), k1.view(1, 1, -1, 1)
-
-    def change(some: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(some, rows, padding=(0, radius)), cols, padding=(radius, 0))
-
-    return _on_some(x, cfg.blur_prob, gen, change)
+    return _on_some(x, cfg.blur_prob, gen, lambda some: _smooth(some, cfg.blur_sigma))
 
 
 def _dots(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -113,8 +144,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> 
     """(N, 1, 28, 28) pixels in [0, 1] -> augmented pixels in [0, 1]."""
     if not cfg.enabled:
         return x
-    if cfg.rotate_deg or cfg.scale or cfg.shift_px or cfg.shear_deg:
-        x = _affine(x, cfg, gen)
+    if cfg.rotate_deg or cfg.scale or cfg.shift_px or cfg.shear_deg or cfg.elastic_prob:
+        x = _warp(x, cfg, gen)
     if cfg.morph_prob > 0 and cfg.morph != "none":
         x = _morph(x, cfg, gen)
     if cfg.blur_prob > 0 and cfg.blur_sigma > 0:

@@ -30,6 +30,10 @@ class AugmentConfig:
     blur_sigma: float = 0.8
     morph_prob: float = 0.0
     morph: Morph = "none"
+    # Elastic distortion: the share of samples, their RMS displacement (px), its smoothness (px).
+    elastic_prob: float = 0.0
+    elastic_px: float = 1.0
+    elastic_sigma: float = 4.0
 
     @property
     def enabled(self) -> bool:
@@ -44,6 +48,7 @@ class AugmentConfig:
                 self.dots_prob,
                 self.blur_prob,
                 self.morph_prob,
+                self.elastic_prob,
             )
         )
 
@@ -76,6 +81,9 @@ class TrainConfig:
     val_size: int = 5000
     threads: int = 0  # 0: auto
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # An exponential moving average of the weights, updated each step, is what gets validated and
+    # shipped; 0 turns it off (the weights of the last step, as before).
+    ema_decay: float = 0.0
     notes: str = ""
     parent_model_id: str | None = None
     # The job that asked for the run (empty for `digits train`): kept in the manifest.
@@ -111,12 +119,16 @@ _NOT_RECIPE = frozenset(
     {"model_id", "notes", "parent_model_id", "threads", "request_id", "entry_id", "feedback_path"}
 )
 _FEEDBACK_RECIPE = frozenset({"feedback_holdout", "feedback_repeat"})
+# Knobs added after models were shipped: left out of the recipe while off, so a run that does not
+# use them keeps the recipe (and `recipe_hash`) it had before they existed.
+_LATER_KNOBS = {"ema_decay": ("ema_decay",), "aug_elastic_prob": ("aug_elastic_",)}
 
 
 def recipe_of(cfg: TrainConfig) -> Recipe:
     """Flat recipe for the manifest: what decides the weights (not ids, paths, notes or threads).
     The feedback knobs count only for a run that trains on corrections: a run without them has
-    the recipe (and `recipe_hash`) it had before corrections existed."""
+    the recipe (and `recipe_hash`) it had before corrections existed; so with EMA and elastic
+    distortion (`_LATER_KNOBS`)."""
     data = converter.unstructure(cfg)
     assert isinstance(data, dict)
     recipe: Recipe = {}
@@ -129,6 +141,9 @@ def recipe_of(cfg: TrainConfig) -> Recipe:
                     recipe[f"aug_{sub_key}"] = sub_value
         elif isinstance(value, str | int | float | bool) or value is None:
             recipe[str(key)] = value
+    for switch, prefixes in _LATER_KNOBS.items():
+        if not recipe.get(switch):
+            recipe = {k: v for k, v in recipe.items() if not k.startswith(prefixes)}
     return recipe
 
 

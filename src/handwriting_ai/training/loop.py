@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from attrs import frozen
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from handwriting_ai.preprocessing.pipeline import PARAMS
 from handwriting_ai.training.augment import augment_batch
@@ -68,6 +69,7 @@ def train_one_epoch(
     gen: torch.Generator,
     reporter: ProgressReporter,
     should_stop: Callable[[], bool],
+    ema: AveragedModel | None = None,
 ) -> EpochStats:
     """`pixels`: (N, 28, 28) uint8 as preprocessing produced them."""
     model.train()
@@ -91,6 +93,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         batch_loss = float(loss.detach())
         loss_sum += batch_loss * len(y)
         seen += len(y)

@@ -31,6 +31,7 @@ from handwriting_ai.training.artifacts import (
 from handwriting_ai.training.calibrate import expected_calibration_error, fit_temperature, nll
 from handwriting_ai.training.config import TrainConfig, recipe_hash, recipe_of
 from handwriting_ai.training.dataset import preprocessed_mnist, split_train_val
+from handwriting_ai.training.ema import ema_model
 from handwriting_ai.training.feedback import (
     FeedbackSet,
     load_feedback,
@@ -121,6 +122,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"lr must be within (0, 1], got {cfg.lr}")
     if cfg.weight_decay < 0:
         problems.append(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    if not 0 <= cfg.ema_decay < 1:
+        problems.append(f"ema_decay must be within [0, 1), got {cfg.ema_decay}")
     if not 0 <= cfg.feedback_holdout < 1:
         problems.append(f"feedback_holdout must be within [0, 1), got {cfg.feedback_holdout}")
     if cfg.feedback_repeat < 1:
@@ -189,6 +192,9 @@ def run_training(
     x_train, y_train = _with_feedback(x_train, y_train, feedback, cfg.feedback_repeat)
 
     model = create_model(cfg.arch)
+    ema = ema_model(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    # What is validated, kept and shipped: the average when there is one.
+    shipped = ema.module if ema is not None else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = -(-len(y_train) // cfg.batch_size)
@@ -215,8 +221,9 @@ def run_training(
             gen=gen,
             reporter=reporter,
             should_stop=should_stop,
+            ema=ema,
         )
-        val_acc = accuracy(predict_logits(model, x_val), y_val)
+        val_acc = accuracy(predict_logits(shipped, x_val), y_val)
         history.append(
             {
                 "epoch": epoch,
@@ -236,7 +243,7 @@ def run_training(
             )
         )
         if val_acc > best_acc:
-            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+            best_acc, best_state = val_acc, copy.deepcopy(shipped.state_dict())
             reporter.on_best(BestProgress(epoch, round(val_acc, 6)))
 
     model.load_state_dict(best_state)
