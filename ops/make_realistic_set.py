@@ -694,6 +694,7 @@ def phone_photo(
     height: int = 3024,
     quarter_turns: int = 0,
     quality: int = 90,
+    ballpoint: bool = False,
 ) -> bytes:
     """A full-size phone photo (12 MP JPEG by default) of `digit` in pen on a sheet of paper.
 
@@ -701,8 +702,9 @@ def phone_photo(
     digit 25-45% of the short side tall, a little defocus and sensor noise. With `quarter_turns`
     (1-3) the pixels are stored turned 90 degrees counter-clockwise that many times and tagged
     with the EXIF orientation that turns them back, as a phone held sideways writes them: an
-    EXIF-aware viewer shows `width` x `height`, upright. Not one of `KINDS`: the evaluation set
-    keeps its sizes; this is for the service's big-upload path (tests, benchmarks).
+    EXIF-aware viewer shows `width` x `height`, upright. With `ballpoint` the digit is a thin
+    constant-width line along its skeleton (a ballpoint's, ~1-2% of the digit's height), as the
+    `phone_ballpoint` kind draws it; else MNIST's own, relatively fat, stroke.
     """
     if quarter_turns not in (0, 1, 2, 3):
         raise ValueError(f"quarter_turns must be 0-3, got {quarter_turns}")
@@ -714,8 +716,12 @@ def phone_photo(
         rng.uniform(0.25, 0.45) * min(scene_h, scene_w),
         rng.uniform(-6.0, 6.0),
     )
-    alpha, box = _place(digit, rng, layout, threshold=rng.uniform(0.3, 0.5), margin=0.08)
-    alpha = _pen_texture(alpha, box, rng, 0.12) * rng.uniform(0.9, 1.0)
+    if ballpoint:
+        alpha, box = _brush_stroke(digit, rng, layout, rng.uniform(0.012, 0.025))
+        alpha = _pen_texture(alpha, box, rng, 0.25) * rng.uniform(0.8, 0.95)
+    else:
+        alpha, box = _place(digit, rng, layout, threshold=rng.uniform(0.3, 0.5), margin=0.08)
+        alpha = _pen_texture(alpha, box, rng, 0.12) * rng.uniform(0.9, 1.0)
     blue = (rng.uniform(18, 45), rng.uniform(40, 80), rng.uniform(135, 185))
     ink = _dark_ink(rng) if rng.random() < 0.7 else blue
     paper = _surface(rng, scene_h, scene_w, _paper_colour(rng), rng.uniform(2, 4))
@@ -729,6 +735,195 @@ def phone_photo(
     return _jpeg(rgb, quality)
 
 
+# --------------------------------------------------------------------------- harder kinds
+# Added for issue 15, where private real uploads read worst: lines crossing the strokes, hard
+# shadows across the digit, thin broken chalk, thin ballpoint in full-size phone photos, and
+# writing styles MNIST has few of. The kinds above are unchanged, so old figures still compare.
+
+
+def squared_paper(digit: U8, rng: np.random.Generator) -> tuple[bytes, str]:
+    """Squared (or densely ruled) paper: blue, grey or faint lines every 12-28 px, so several
+    cross every stroke; the pen is sometimes a thin ballpoint line."""
+    layout = _photo_layout(rng)
+    if rng.random() < 0.4:
+        alpha, box = _brush_stroke(digit, rng, layout, rng.uniform(0.02, 0.035))
+    else:
+        alpha, box = _place(digit, rng, layout, threshold=rng.uniform(0.35, 0.5))
+    alpha = _pen_texture(alpha, box, rng, 0.2)
+    img = _surface(rng, layout.height, layout.width, _paper_colour(rng, white=True), 3.0)
+    a = math.radians(layout.angle + rng.uniform(-1, 1))
+    spacing = rng.uniform(12, 28)
+    half_thick = rng.uniform(0.6, 2.0) / 2
+    style = int(rng.integers(3))  # blue, grey, faint
+    strength = (rng.uniform(0.5, 0.85), rng.uniform(0.5, 0.85), rng.uniform(0.2, 0.4))[style]
+    colour = ((140.0, 180.0, 225.0), (150.0, 154.0, 162.0), (170.0, 200.0, 230.0))[style]
+
+    def ruling(phase: float) -> Callable[[F32], F32]:
+        def profile(t: F32) -> F32:
+            to_line = np.abs(np.mod(t - phase + spacing / 2, spacing) - spacing / 2)
+            return _f32(np.clip(half_thick + 0.5 - to_line, 0, 1) * strength)
+
+        return profile
+
+    _paint(
+        img, _project(ruling(rng.uniform(0, spacing)), layout, -math.sin(a), math.cos(a)), colour
+    )
+    if rng.random() < 0.75:  # squared; else densely ruled
+        vertical = _project(ruling(rng.uniform(0, spacing)), layout, math.cos(a), math.sin(a))
+        _paint(img, vertical, colour)
+    ink = _dark_ink(rng) if rng.random() < 0.5 else (25.0, 45.0, 140.0)
+    _paint(img, alpha, ink, box)
+    shade = _shade(rng, layout, rng.uniform(0.1, 0.3), rng.uniform(0.04, 0.12))
+    return _jpeg(_finish(img, shade, rng, (0.4, 1.0)), int(rng.integers(60, 96))), "jpg"
+
+
+def _hard_shadow(rng: np.random.Generator, layout: Layout, box: Box) -> F32:
+    """A sharp-edged cast shadow (a phone or hand under a lamp) whose edge crosses the digit."""
+    y0, y1, x0, x1 = box
+    phi = rng.uniform(0, 2 * math.pi)
+    cx = (x0 + x1) / 2 + rng.uniform(-0.25, 0.25) * (x1 - x0)
+    cy = (y0 + y1) / 2 + rng.uniform(-0.25, 0.25) * (y1 - y0)
+    xs = _f32(np.arange(layout.width) - cx)
+    ys = _f32(np.arange(layout.height) - cy)
+    d = ys[:, None] * math.sin(phi) + xs[None, :] * math.cos(phi)
+    if rng.random() < 0.4:  # a corner of the object rather than a straight edge
+        phi2 = phi + rng.uniform(0.6, 1.6) * (1 if rng.random() < 0.5 else -1)
+        d = np.minimum(d, ys[:, None] * math.sin(phi2) + xs[None, :] * math.cos(phi2))
+    soft = rng.uniform(0.5, 3.0)
+    t = np.clip(d / (2 * soft) + 0.5, 0, 1)
+    return _f32(1 - rng.uniform(0.45, 0.7) * (t * t * (3 - 2 * t)))
+
+
+def hard_shadow(digit: U8, rng: np.random.Generator) -> tuple[bytes, str]:
+    layout = _photo_layout(rng)
+    alpha, box = _place(digit, rng, layout, threshold=rng.uniform(0.3, 0.5))
+    alpha = _pen_texture(alpha, box, rng, 0.15)
+    img = _surface(rng, layout.height, layout.width, _paper_colour(rng), rng.uniform(2, 4))
+    ink = _dark_ink(rng) if rng.random() < 0.7 else (25.0, 45.0, 140.0)
+    _paint(img, alpha, ink, box)
+    shade = _shade(rng, layout, rng.uniform(0.05, 0.15), rng.uniform(0.03, 0.1))
+    shade *= _hard_shadow(rng, layout, box)
+    return _jpeg(_finish(img, shade, rng, (0.3, 0.8)), int(rng.integers(60, 96))), "jpg"
+
+
+def _breaks(alpha: F32, box: Box, rng: np.random.Generator, share: float) -> F32:
+    """Gaps along the stroke where the chalk skipped: blobs of a smooth field cut it."""
+    y0, y1, x0, x1 = box
+    if y1 <= y0 or x1 <= x0:
+        return alpha
+    roi = alpha[y0:y1, x0:x1]
+    n = _f32(cv2.GaussianBlur(_white(rng, roi.shape), (0, 0), rng.uniform(3.0, 6.0)))
+    cut = float(np.quantile(n, share))
+    keep = np.clip((n - cut) / max(float(n.std()) * 0.2, 1e-6) + 0.5, 0, 1)
+    out = alpha.copy()
+    out[y0:y1, x0:x1] = roi * keep
+    return out
+
+
+def chalk_thin(digit: U8, rng: np.random.Generator) -> tuple[bytes, str]:
+    """Chalk held on its point: a thin line, patchy, broken in places."""
+    layout = _photo_layout(rng)
+    alpha, box = _brush_stroke(digit, rng, layout, rng.uniform(0.025, 0.045))
+    alpha = _chalk(_breaks(alpha, box, rng, rng.uniform(0.05, 0.15)), box, rng)
+    if rng.random() < 0.6:
+        board = (rng.uniform(30, 50), rng.uniform(58, 82), rng.uniform(45, 62))
+    else:
+        g = rng.uniform(38, 58)
+        board = (g, g + rng.uniform(0, 4), g + rng.uniform(0, 6))
+    img = _surface(rng, layout.height, layout.width, board, rng.uniform(2, 4))
+    chalk = rng.uniform(205, 240)
+    chalk_rgb = (chalk, chalk - rng.uniform(0, 5), chalk - rng.uniform(0, 10))
+    _paint(img, _smudges(rng, layout.height, layout.width), chalk_rgb)
+    _paint(img, alpha, chalk_rgb, box)
+    shade = _shade(rng, layout, rng.uniform(0.1, 0.25), rng.uniform(0.05, 0.15))
+    return _jpeg(_finish(img, shade, rng, (0.4, 1.0)), int(rng.integers(60, 93))), "jpg"
+
+
+def phone_ballpoint(digit: U8, rng: np.random.Generator) -> tuple[bytes, str]:
+    """The reads issue's 12 MP phone photo, written with a thin ballpoint."""
+    return phone_photo(digit, rng, quality=int(rng.integers(80, 95)), ballpoint=True), "jpg"
+
+
+# Writing styles MNIST has few of, as pen strokes in a (0..0.7) x (0..1) box, y down.
+Stroke = list[tuple[float, float]]
+
+
+def _arc(cx: float, cy: float, rx: float, ry: float, start: float, end: float) -> Stroke:
+    steps = max(4, int(abs(end - start) / 10))
+    return [
+        (cx + rx * math.cos(math.radians(a)), cy + ry * math.sin(math.radians(a)))
+        for a in np.linspace(start, end, steps)
+    ]
+
+
+STYLE_GLYPHS: dict[int, list[Stroke]] = {
+    # 1 with a flag and a foot
+    1: [[(0.14, 0.26), (0.4, 0.0), (0.4, 1.0)], [(0.14, 1.0), (0.66, 1.0)]],
+    # 2 with a loop where the diagonal meets the base
+    2: [
+        [
+            *_arc(0.35, 0.27, 0.28, 0.25, 200, 370),
+            (0.6, 0.36),
+            (0.16, 0.86),
+            *_arc(0.22, 0.86, 0.13, 0.11, 290, -40),
+            (0.7, 0.94),
+        ]
+    ],
+    # open 4: the two strokes never meet at the top
+    4: [[(0.2, 0.0), (0.08, 0.62), (0.7, 0.62)], [(0.55, 0.08), (0.55, 1.0)]],
+    # 7 with a crossbar
+    7: [[(0.04, 0.04), (0.68, 0.04), (0.26, 1.0)], [(0.22, 0.52), (0.64, 0.52)]],
+    # 9 with a straight stem
+    9: [_arc(0.34, 0.27, 0.29, 0.26, 0, 360), [(0.63, 0.27), (0.63, 1.0)]],
+}
+STYLED_LABELS = tuple(sorted(STYLE_GLYPHS))
+
+
+def _style_digit(label: int, rng: np.random.Generator) -> U8:
+    """The label's style as a 28x28 white-on-black glyph like MNIST's: jittered, slanted,
+    drawn with a round pen, so the photo pipeline above can place it like any digit."""
+    size = 112
+    img = np.zeros((size, size), np.uint8)
+    slant = rng.uniform(-0.25, 0.12)
+    width = rng.uniform(0.8, 1.15)
+    height_px = size * 0.72
+    for stroke in STYLE_GLYPHS[label]:
+        pts = []
+        for x, y in stroke:
+            jx, jy = rng.normal(0, 0.018, size=2)
+            x, y = (x + jx) * width, y + jy
+            pts.append(((x + slant * (1 - y)) * height_px, y * height_px))
+        arr = np.asarray(pts, dtype=np.float64)
+        poly = np.round(arr * 16).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(img, [poly], False, 255, int(rng.integers(7, 12)), cv2.LINE_AA, shift=4)
+    ys, xs = np.nonzero(img)
+    crop = img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    # MNIST: the glyph fits a 20x20 box (aspect kept), centred in 28x28.
+    h, w = crop.shape
+    k = 20 / max(h, w)
+    small = cv2.resize(
+        crop, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA
+    )
+    out = np.zeros((28, 28), np.uint8)
+    oy, ox = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
+    out[oy : oy + small.shape[0], ox : ox + small.shape[1]] = small
+    return out
+
+
+def writing_styles(label: int, rng: np.random.Generator) -> tuple[bytes, str]:
+    """A 1, 2, 4, 7 or 9 in a style MNIST has few of, photographed in pen on paper."""
+    glyph = _style_digit(label, rng)
+    layout = _photo_layout(rng)
+    if rng.random() < 0.5:
+        return _jpeg(_dark_ink_photo(glyph, rng, layout), int(rng.integers(60, 96))), "jpg"
+    alpha, box = _brush_stroke(glyph, rng, layout, rng.uniform(0.025, 0.05))
+    alpha = _pen_texture(alpha, box, rng, 0.2) * rng.uniform(0.85, 0.97)
+    img = _surface(rng, layout.height, layout.width, _paper_colour(rng, white=True), 2.5)
+    _paint(img, alpha, (rng.uniform(18, 45), rng.uniform(40, 80), rng.uniform(135, 185)), box)
+    shade = _shade(rng, layout, rng.uniform(0.15, 0.35), rng.uniform(0.04, 0.12))
+    return _jpeg(_finish(img, shade, rng, (0.4, 1.0)), int(rng.integers(60, 96))), "jpg"
+
+
 KIND_FUNCS: dict[str, KindFn] = {
     "photo_dark_ink": photo_dark_ink,
     "photo_blue_ink": photo_blue_ink,
@@ -739,8 +934,28 @@ KIND_FUNCS: dict[str, KindFn] = {
     "exif_rotated_jpeg": exif_rotated_jpeg,
     "canvas_png": canvas_png,
     "low_quality_jpeg": low_quality_jpeg,
+    "squared_paper": squared_paper,
+    "hard_shadow": hard_shadow,
+    "chalk_thin": chalk_thin,
+    "phone_ballpoint": phone_ballpoint,
 }
-KINDS: tuple[str, ...] = tuple(KIND_FUNCS)
+# Kinds drawn from the label alone (the MNIST digit only picks which label).
+LABEL_KIND_FUNCS: dict[str, Callable[[int, np.random.Generator], tuple[bytes, str]]] = {
+    "writing_styles": writing_styles,
+}
+# The nine kinds of the first set (before issue 15), for figures that compare across versions.
+FIRST_KINDS: tuple[str, ...] = (
+    "photo_dark_ink",
+    "photo_blue_ink",
+    "photo_shadow",
+    "ruled_paper",
+    "chalkboard",
+    "off_centre_rotated",
+    "exif_rotated_jpeg",
+    "canvas_png",
+    "low_quality_jpeg",
+)
+KINDS: tuple[str, ...] = (*KIND_FUNCS, *LABEL_KIND_FUNCS)
 
 
 # --------------------------------------------------------------------------- driver
@@ -751,9 +966,11 @@ def _kind_key(kind: str) -> int:
     return zlib.crc32(kind.encode())
 
 
-def source_indices(n_source: int, kind: str, per_kind: int, seed: int) -> npt.NDArray[np.int64]:
-    perm = np.random.default_rng([seed, _kind_key(kind), 0]).permutation(n_source)
-    return perm[np.arange(per_kind) % n_source].astype(np.int64)
+def source_indices(labels: U8, kind: str, per_kind: int, seed: int) -> npt.NDArray[np.int64]:
+    perm = np.random.default_rng([seed, _kind_key(kind), 0]).permutation(len(labels))
+    if kind in LABEL_KIND_FUNCS:  # only digits whose label has a style
+        perm = perm[np.isin(labels[perm], STYLED_LABELS)]
+    return perm[np.arange(per_kind) % len(perm)].astype(np.int64)
 
 
 def generate(mnist_dir: Path, out: Path, per_kind: int, seed: int) -> list[Sample]:
@@ -765,10 +982,13 @@ def generate(mnist_dir: Path, out: Path, per_kind: int, seed: int) -> list[Sampl
         kind_dir = out / kind
         kind_dir.mkdir(exist_ok=True)
         total_bytes = 0
-        for i, src in enumerate(source_indices(len(images), kind, per_kind, seed)):
+        for i, src in enumerate(source_indices(labels, kind, per_kind, seed)):
             rng = np.random.default_rng([seed, _kind_key(kind), 1, i])
-            data, ext = KIND_FUNCS[kind](images[src], rng)
             label = int(labels[src])
+            if kind in LABEL_KIND_FUNCS:
+                data, ext = LABEL_KIND_FUNCS[kind](label, rng)
+            else:
+                data, ext = KIND_FUNCS[kind](images[src], rng)
             rel = f"{kind}/{i:04d}_{label}.{ext}"
             (out / rel).write_bytes(data)
             total_bytes += len(data)
