@@ -54,6 +54,26 @@ def expected_calibration_error(confidences: list[tuple[float, bool]], bins: int 
     return ece
 
 
+UNCERTAIN_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def uncertain_curve(
+    confidences: list[tuple[float, bool]], thresholds: tuple[float, ...] = UNCERTAIN_THRESHOLDS
+) -> list[dict[str, float]]:
+    """For each threshold t (a reading is `uncertain` when its confidence < t): the share of
+    wrong readings it flags, and the share of right ones it flags too."""
+    wrong = [c for c, ok in confidences if not ok]
+    right = [c for c, ok in confidences if ok]
+    return [
+        {
+            "threshold": t,
+            "wrong_flagged": sum(c < t for c in wrong) / max(len(wrong), 1),
+            "right_flagged": sum(c < t for c in right) / max(len(right), 1),
+        }
+        for t in thresholds
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -71,6 +91,7 @@ def main() -> int:
     refused: dict[str, int] = defaultdict(int)
     mistakes: list[tuple[str, str, str]] = []
     confidences: list[tuple[float, bool]] = []
+    flagged = {True: 0, False: 0}  # the server's own `uncertain`, by right/wrong
     model_id = ""
     started = time.perf_counter()
     with client_for(args.url) as client:
@@ -90,8 +111,10 @@ def main() -> int:
                 continue
             body = resp.json()
             model_id = body["model_id"]
-            confidences.append((float(body["confidence"]), int(body["digit"]) == int(row["label"])))
-            if int(body["digit"]) == int(row["label"]):
+            right = int(body["digit"]) == int(row["label"])
+            confidences.append((float(body["confidence"]), right))
+            flagged[right] += bool(body["uncertain"])
+            if right:
                 correct[kind] += 1
             else:
                 mistakes.append((row["path"], row["label"], str(body["digit"])))
@@ -107,12 +130,28 @@ def main() -> int:
     print(f"  {'ALL':24s} {ok / max(n, 1) * 100:6.2f}%  (n={n})")
     ece = expected_calibration_error(confidences)
     print(f"  expected calibration error (15 bins): {ece:.4f}")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"model_id": model_id, "overall": ok / max(n, 1), "kinds": results}, indent=2
-            )
+    wrong_n = len(confidences) - ok
+    print(
+        f"  the server's `uncertain`: {flagged[False]}/{wrong_n} wrong readings flagged, "
+        f"{flagged[True]}/{ok} right ones"
+    )
+    curve = uncertain_curve(confidences)
+    print("  uncertain below   wrong flagged   right flagged")
+    for point in curve:
+        print(
+            f"  {point['threshold']:>15.2f} {point['wrong_flagged'] * 100:14.1f}% "
+            f"{point['right_flagged'] * 100:14.2f}%"
         )
+    if args.json:
+        summary = {
+            "model_id": model_id,
+            "overall": ok / max(n, 1),
+            "ece": ece,
+            "uncertain": {"wrong_flagged": flagged[False], "right_flagged": flagged[True]},
+            "curve": curve,
+            "kinds": results,
+        }
+        args.json.write_text(json.dumps(summary, indent=2))
     if args.errors:
         with args.errors.open("w") as fh:
             csv.writer(fh).writerows([("path", "label", "got"), *mistakes])

@@ -357,7 +357,7 @@ def test_models_panel_lists_the_registry_and_acts_with_the_admin_key(
     assert sent.value.headers["x-api-key"] == ADMIN_KEY
     card = page.locator(f"#models-list [data-model-id='{SHIPPED[0]}']")
     expect(card.locator("h3")).to_contain_text("pinned")
-    expect(page.locator("#models-summary")).to_contain_text("Pin mnist_digitnet_b: done.")
+    expect(page.locator("#models-summary")).to_contain_text(f"Pin {SHIPPED[0]}: done.")
     page.get_by_role("button", name=f"Unpin {SHIPPED[0]}").click()
     expect(card.locator("h3")).not_to_contain_text("pinned")
 
