@@ -865,7 +865,7 @@ STYLE_GLYPHS: dict[int, list[Stroke]] = {
             *_arc(0.35, 0.27, 0.28, 0.25, 200, 370),
             (0.6, 0.36),
             (0.16, 0.86),
-            *_arc(0.22, 0.86, 0.13, 0.11, 290, -40),
+            *_arc(0.24, 0.84, 0.17, 0.14, 290, -40),
             (0.7, 0.94),
         ]
     ],
@@ -895,7 +895,7 @@ def _style_digit(label: int, rng: np.random.Generator) -> U8:
             pts.append(((x + slant * (1 - y)) * height_px, y * height_px))
         arr = np.asarray(pts, dtype=np.float64)
         poly = np.round(arr * 16).astype(np.int32).reshape(-1, 1, 2)
-        cv2.polylines(img, [poly], False, 255, int(rng.integers(7, 12)), cv2.LINE_AA, shift=4)
+        cv2.polylines(img, [poly], False, 255, int(rng.integers(10, 15)), cv2.LINE_AA, shift=4)
     ys, xs = np.nonzero(img)
     crop = img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     # MNIST: the glyph fits a 20x20 box (aspect kept), centred in 28x28.
