@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attrs import evolve
 
 from handwriting_ai.data.synthetic import render_digits
 from handwriting_ai.training.augment import augment_batch
@@ -24,6 +25,7 @@ KNOBS = {
     "noise_prob": AugmentConfig(noise_prob=1.0),
     "dots_prob": AugmentConfig(dots_prob=1.0),
     "blur_prob": AugmentConfig(blur_prob=1.0),
+    "elastic_prob": AugmentConfig(elastic_prob=1.0),
 }
 
 
@@ -80,6 +82,32 @@ def test_augment_true_means_robust_defaults_in_the_recipe() -> None:
     assert recipe_hash(recipe) != recipe_hash(
         recipe_of(TrainConfig(model_id="m").resolved(batch_size=128, threads=2, bf16_native=False))
     )
+
+
+def test_elastic_knobs_enter_the_recipe_only_when_on() -> None:
+    plain = TrainConfig(model_id="m", augment=True)
+    elastic = TrainConfig(
+        model_id="m", augment=True, aug=evolve(AugmentConfig.robust(), elastic_prob=0.5)
+    )
+    plain_recipe = recipe_of(plain.resolved(batch_size=128, threads=2, bf16_native=False))
+    elastic_recipe = recipe_of(elastic.resolved(batch_size=128, threads=2, bf16_native=False))
+    assert not any(k.startswith("aug_elastic") for k in plain_recipe)
+    assert elastic_recipe["aug_elastic_prob"] == 0.5
+    assert elastic_recipe["aug_elastic_px"] == AugmentConfig().elastic_px
+    assert {k: v for k, v in elastic_recipe.items() if not k.startswith("aug_elastic")} == (
+        plain_recipe
+    )
+
+
+def test_elastic_distortion_is_smooth_and_small() -> None:
+    """Neighbouring pixels move together (a wobble, not noise) by about `elastic_px`."""
+    x = batch()
+    warped = augment_batch(
+        x.clone(), AugmentConfig(elastic_prob=1.0, elastic_px=1.0), torch.Generator().manual_seed(3)
+    )
+    # Ink is moved, not created or destroyed wholesale.
+    assert float(warped.sum()) == pytest.approx(float(x.sum()), rel=0.1)
+    assert float((warped - x).abs().mean()) < 0.1
 
 
 def test_temperature_scaling_lowers_nll_of_an_overconfident_model() -> None:

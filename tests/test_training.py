@@ -123,6 +123,15 @@ def test_same_seed_same_weights(data_root: Path, tmp_path: Path) -> None:
     assert a.weights_sha256 != c.weights_sha256
 
 
+def test_ema_ships_the_average_and_says_so_in_the_recipe(data_root: Path, tmp_path: Path) -> None:
+    plain = train(TINY, data_root, tmp_path / "plain")
+    averaged = train(evolve(TINY, ema_decay=0.99), data_root, tmp_path / "ema")
+    assert plain.weights_sha256 != averaged.weights_sha256
+    assert averaged.manifest.training_recipe["ema_decay"] == 0.99
+    # Off, the knob is not in the recipe: runs without it keep the hash they had before it.
+    assert "ema_decay" not in plain.manifest.training_recipe
+
+
 def test_retention_keeps_the_newest_and_the_active_version(
     data_root: Path, model_dir: Path
 ) -> None:
@@ -172,6 +181,7 @@ def test_cli_reports_missing_data_without_a_traceback(
         (evolve(TINY, batch_size=-1), "batch_size must be within 0..8192 (0 = auto), got -1"),
         (evolve(TINY, arch="nope"), "unknown arch 'nope'; valid: digitnet,"),
         (evolve(TINY, model_id="../etc"), "model_id '../etc' must match"),
+        (evolve(TINY, ema_decay=1.0), "ema_decay must be within [0, 1), got 1.0"),
     ],
 )
 def test_impossible_configs_are_refused(
