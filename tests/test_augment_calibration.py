@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from attrs import evolve
 
 from handwriting_ai.data.synthetic import render_digits
-from handwriting_ai.training.augment import augment_batch
+from handwriting_ai.training.augment import _elastic, augment_batch
 from handwriting_ai.training.calibrate import expected_calibration_error, fit_temperature, nll
 from handwriting_ai.training.config import AugmentConfig, Morph, TrainConfig, recipe_hash, recipe_of
 
@@ -108,6 +109,14 @@ def test_elastic_distortion_is_smooth_and_small() -> None:
     # Ink is moved, not created or destroyed wholesale.
     assert float(warped.sum()) == pytest.approx(float(x.sum()), rel=0.1)
     assert float((warped - x).abs().mean()) < 0.1
+    n = 16
+    identity = F.affine_grid(torch.eye(2, 3).expand(n, 2, 3), [n, 1, 28, 28], align_corners=False)
+    cfg = AugmentConfig(elastic_prob=1.0, elastic_px=1.0)
+    moved = (_elastic(identity, cfg, torch.Generator().manual_seed(4)) - identity) * 14  # px
+    assert float(moved.square().mean().sqrt()) == pytest.approx(1.0, rel=0.05)
+    # Each pixel's neighbour moves almost the same way: a smooth field, not per-pixel noise.
+    here, right = moved[:, :, :-1].flatten(), moved[:, :, 1:].flatten()
+    assert float(torch.corrcoef(torch.stack([here, right]))[0, 1]) > 0.9
 
 
 def test_temperature_scaling_lowers_nll_of_an_overconfident_model() -> None:

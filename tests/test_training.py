@@ -19,6 +19,7 @@ from handwriting_ai.data.mnist import DataMissingError, load_mnist
 from handwriting_ai.data.synthetic import render_digits
 from handwriting_ai.inference.manifest import SCHEMA_VERSION, read_manifest
 from handwriting_ai.inference.store import MANIFEST_FILE, list_versions, set_current
+from handwriting_ai.models import create_model
 from handwriting_ai.preprocessing import preprocess_hash
 from handwriting_ai.training.config import TrainConfig
 from handwriting_ai.training.dataset import preprocess_all
@@ -128,6 +129,19 @@ def test_ema_ships_the_average_and_says_so_in_the_recipe(data_root: Path, tmp_pa
     averaged = train(evolve(TINY, ema_decay=0.99), data_root, tmp_path / "ema")
     assert plain.weights_sha256 != averaged.weights_sha256
     assert averaged.manifest.training_recipe["ema_decay"] == 0.99
+    # The same seed starts both runs from the same weights: the average has moved from them
+    # towards where the plain run ended, not stayed at the start.
+    torch.manual_seed(TINY.seed)
+    start = create_model(TINY.arch).state_dict()
+    end = torch.load(plain.directory / "model.pt", weights_only=True)
+    shipped = torch.load(averaged.directory / "model.pt", weights_only=True)
+    weights = [k for k, v in start.items() if v.is_floating_point() and k.endswith("weight")]
+
+    def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+        return sum(float((a[k] - b[k]).norm()) for k in weights)
+
+    assert distance(shipped, start) > 0
+    assert distance(shipped, end) < distance(start, end)
     # Off, the knob is not in the recipe: runs without it keep the hash they had before it.
     assert "ema_decay" not in plain.manifest.training_recipe
 
