@@ -3,8 +3,11 @@
 Each kind mimics something a user really uploads (phone photos of paper, chalkboards, web
 canvas PNGs, sideways EXIF-tagged JPEGs, heavily compressed images), so preprocessing can be
 scored per kind. Output: ``OUT/<kind>/<index>_<label>.<ext>`` plus ``OUT/labels.csv``.
-`phone_photo` renders a full-size (12 MP) phone photo for tests and benchmarks of big uploads;
-it is not one of the kinds, so the set keeps its sizes (at most 1000 px).
+The first nine kinds (`FIRST_KINDS`) are the set's first version and stay unchanged, so figures
+compare across versions; five harder ones follow (issue 15): squared paper, hard shadows across
+the digit, thin broken chalk, 12 MP phone photos in thin ballpoint (`phone_photo`, which tests
+and benchmarks of big uploads also use; ~2 MB each, the only kind over 1000 px), and writing
+styles MNIST has few of.
 
     python ops/make_realistic_set.py --mnist-dir /work/shared/data/mnist --out DIR \
         --per-kind 200 --seed 0

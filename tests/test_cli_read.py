@@ -17,7 +17,7 @@ from helpers import make_settings, png_bytes, seven
 from worker_support import base_env, serve_app
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ("mnist_digitnet_a", "mnist_digitnet_b", "mnist_digitnet_c")
+SHIPPED = ("mnist_digitnet_b", "mnist_digitnet_c", "mnist_digitnet_d")
 API_KEY = "cli-read-key"
 SAMPLE = REPO / "ops" / "samples" / "digit.jpg"  # a 7, photographed
 LINE = r"Digit: 7 \(\d+\.\d% confidence\)\. Top-3: 7=\d\.\d{3}, \d=\d\.\d{3}, \d=\d\.\d{3}\."

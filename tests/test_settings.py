@@ -15,9 +15,9 @@ def test_defaults_without_env() -> None:
     assert settings == Settings()
     assert settings.app.port == 8081
     assert settings.digits.active_model == (
-        "mnist_digitnet_a",
         "mnist_digitnet_b",
         "mnist_digitnet_c",
+        "mnist_digitnet_d",
     )
     assert settings.model_dir == Path("data") / "models"
     assert settings.app.artifacts_dir == Path("data") / "artifacts"

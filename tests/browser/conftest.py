@@ -25,7 +25,7 @@ from redis_server import RedisServer
 from worker_support import API_KEY, serve_app
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ("mnist_digitnet_a", "mnist_digitnet_b", "mnist_digitnet_c")
+SHIPPED = ("mnist_digitnet_b", "mnist_digitnet_c", "mnist_digitnet_d")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
