@@ -6,6 +6,10 @@ The folder has `labels.csv` (`path,label,kind[,source_index]`), as written by
 to a running server.
 
     python ops/eval_read.py --set /tmp/realistic [--url http://127.0.0.1:8081] [--json out.json]
+
+`--light-ink-kinds chalkboard,chalk_thin` sends each upload with its true polarity (`invert`
+true for those kinds, false for the rest) instead of letting the service decide: what the
+readings would be if the polarity were always judged right.
 """
 
 from __future__ import annotations
@@ -83,7 +87,13 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per kind")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--errors", type=Path, default=None, help="write mistakes as CSV here")
+    parser.add_argument(
+        "--light-ink-kinds",
+        default=None,
+        help="comma-separated kinds written light on dark: force every upload's true polarity",
+    )
     args = parser.parse_args()
+    light_kinds = None if args.light_ink_kinds is None else set(args.light_ink_kinds.split(","))
 
     rows = list(csv.DictReader((args.set / "labels.csv").open()))
     total: dict[str, int] = defaultdict(int)
@@ -101,7 +111,10 @@ def main() -> int:
                 continue
             path = args.set / row["path"]
             mime = "image/png" if path.suffix == ".png" else "image/jpeg"
-            resp = client.post("/v1/read", files={"file": (path.name, path.read_bytes(), mime)})
+            form = {} if light_kinds is None else {"invert": str(kind in light_kinds).lower()}
+            resp = client.post(
+                "/v1/read", files={"file": (path.name, path.read_bytes(), mime)}, data=form
+            )
             total[kind] += 1
             if resp.status_code != 200:
                 refused[kind] += 1
