@@ -587,14 +587,20 @@ def chalkboard(digit: U8, rng: np.random.Generator) -> tuple[bytes, str]:
     alpha, box = _place(
         digit, rng, layout, threshold=rng.uniform(0.28, 0.42), ragged=rng.uniform(0.04, 0.08)
     )
-    alpha = _chalk(alpha, box, rng)
+    return _on_board(_chalk(alpha, box, rng), box, layout, rng, chalk_low=212)
+
+
+def _on_board(
+    alpha: F32, box: Box, layout: Layout, rng: np.random.Generator, chalk_low: float
+) -> tuple[bytes, str]:
+    """Chalk `alpha` on a green or grey board with dust smudges, photographed."""
     if rng.random() < 0.6:
         board = (rng.uniform(30, 50), rng.uniform(58, 82), rng.uniform(45, 62))
     else:
         g = rng.uniform(38, 58)
         board = (g, g + rng.uniform(0, 4), g + rng.uniform(0, 6))
     img = _surface(rng, layout.height, layout.width, board, rng.uniform(2, 4))
-    chalk = rng.uniform(212, 240)
+    chalk = rng.uniform(chalk_low, 240)
     chalk_rgb = (chalk, chalk - rng.uniform(0, 5), chalk - rng.uniform(0, 10))
     _paint(img, _smudges(rng, layout.height, layout.width), chalk_rgb)
     _paint(img, alpha, chalk_rgb, box)
@@ -828,18 +834,7 @@ def chalk_thin(digit: U8, rng: np.random.Generator) -> tuple[bytes, str]:
     layout = _photo_layout(rng)
     alpha, box = _brush_stroke(digit, rng, layout, rng.uniform(0.025, 0.045))
     alpha = _chalk(_breaks(alpha, box, rng, rng.uniform(0.05, 0.15)), box, rng)
-    if rng.random() < 0.6:
-        board = (rng.uniform(30, 50), rng.uniform(58, 82), rng.uniform(45, 62))
-    else:
-        g = rng.uniform(38, 58)
-        board = (g, g + rng.uniform(0, 4), g + rng.uniform(0, 6))
-    img = _surface(rng, layout.height, layout.width, board, rng.uniform(2, 4))
-    chalk = rng.uniform(205, 240)
-    chalk_rgb = (chalk, chalk - rng.uniform(0, 5), chalk - rng.uniform(0, 10))
-    _paint(img, _smudges(rng, layout.height, layout.width), chalk_rgb)
-    _paint(img, alpha, chalk_rgb, box)
-    shade = _shade(rng, layout, rng.uniform(0.1, 0.25), rng.uniform(0.05, 0.15))
-    return _jpeg(_finish(img, shade, rng, (0.4, 1.0)), int(rng.integers(60, 93))), "jpg"
+    return _on_board(alpha, box, layout, rng, chalk_low=205)
 
 
 def phone_ballpoint(digit: U8, rng: np.random.Generator) -> tuple[bytes, str]:

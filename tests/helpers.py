@@ -8,13 +8,16 @@ the ASGI app. Nothing is mocked.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import httpx
@@ -286,3 +289,15 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """An `ops/` script imported by path (they are scripts, not a package). Registered in
+    `sys.modules` before it runs: its dataclasses resolve annotations through it."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

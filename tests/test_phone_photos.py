@@ -14,10 +14,8 @@ synthetic MNIST look-alike the other tests train on.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import struct
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -35,7 +33,16 @@ from handwriting_ai.data.synthetic import render_digits
 from handwriting_ai.preprocessing import decode_image
 from handwriting_ai.preprocessing.decode import limits_of
 from handwriting_ai.settings import DigitsSettings, load_settings
-from helpers import U8, Client, assert_error, json_of, png_bytes, png_claiming, post_read
+from helpers import (
+    U8,
+    Client,
+    assert_error,
+    json_of,
+    load_script,
+    png_bytes,
+    png_claiming,
+    post_read,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "ops" / "make_realistic_set.py"
@@ -51,13 +58,7 @@ PHONE = (4032, 3024)
 
 @pytest.fixture(scope="module")
 def realistic() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_realistic_set", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "make_realistic_set")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import io
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from PIL import Image, ImageOps
+
+from helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "ops" / "make_realistic_set.py"
 N_FAKE = 20
@@ -27,17 +27,6 @@ class Generated:
     module: ModuleType
     first: Path
     second: Path
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_realistic_set", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses resolve annotations through sys.modules, so register before executing.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fake_digit(i: int) -> npt.NDArray[np.uint8]:
@@ -64,7 +53,7 @@ def _write_fake_mnist(mnist_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Generated:
     root = tmp_path_factory.mktemp("realistic")
-    module = _load_script()
+    module = load_script(SCRIPT, "make_realistic_set")
     _write_fake_mnist(root / "mnist")
     module.generate(root / "mnist", root / "a", PER_KIND, 1)
     module.generate(root / "mnist", root / "b", PER_KIND, 1)
