@@ -513,6 +513,22 @@ def _project(profile: Callable[[F32], F32], layout: Layout, cos_x: float, cos_y:
     )
 
 
+def _line_cover(t: F32, phase: float, spacing: float, half_thick: float) -> F32:
+    """Coverage of evenly spaced lines across the 1-D position `t`, anti-aliased over a pixel."""
+    to_line = np.abs(np.mod(t - phase + spacing / 2, spacing) - spacing / 2)
+    return _f32(np.clip(half_thick + 0.5 - to_line, 0, 1))
+
+
+def _pen_on_paper(
+    img: F32, alpha: F32, box: Box, layout: Layout, rng: np.random.Generator, dark_p: float
+) -> tuple[bytes, str]:
+    """Dark (share `dark_p`) or blue ink onto the prepared paper, lit and photographed."""
+    ink = _dark_ink(rng) if rng.random() < dark_p else (25.0, 45.0, 140.0)
+    _paint(img, alpha, ink, box)
+    shade = _shade(rng, layout, rng.uniform(0.1, 0.3), rng.uniform(0.04, 0.12))
+    return _jpeg(_finish(img, shade, rng, (0.4, 1.0)), int(rng.integers(60, 96))), "jpg"
+
+
 def _rule_lines(rng: np.random.Generator, layout: Layout, paper: F32) -> None:
     """Horizontal ruling tilted with the page, sometimes a red margin; paints in place."""
     a = math.radians(layout.angle + rng.uniform(-1, 1))
@@ -523,8 +539,7 @@ def _rule_lines(rng: np.random.Generator, layout: Layout, paper: F32) -> None:
     strength = rng.uniform(0.55, 0.9)
 
     def ruling(t: F32) -> F32:
-        to_line = np.abs(np.mod(t - phase + spacing / 2, spacing) - spacing / 2)
-        cover = np.clip(half_thick + 0.5 - to_line, 0, 1) * strength
+        cover = _line_cover(t, phase, spacing, half_thick) * strength
         return _f32(np.where(t < header, 0, cover))
 
     colour = (150.0, 190.0, 230.0) if rng.random() < 0.7 else (172.0, 176.0, 184.0)
@@ -546,10 +561,7 @@ def ruled_paper(digit: U8, rng: np.random.Generator) -> tuple[bytes, str]:
     alpha = _pen_texture(alpha, box, rng, 0.15)
     img = _surface(rng, layout.height, layout.width, _paper_colour(rng, white=True), 3.0)
     _rule_lines(rng, layout, img)
-    ink = _dark_ink(rng) if rng.random() < 0.6 else (25.0, 45.0, 140.0)
-    _paint(img, alpha, ink, box)
-    shade = _shade(rng, layout, rng.uniform(0.1, 0.3), rng.uniform(0.04, 0.12))
-    return _jpeg(_finish(img, shade, rng, (0.4, 1.0)), int(rng.integers(60, 96))), "jpg"
+    return _pen_on_paper(img, alpha, box, layout, rng, dark_p=0.6)
 
 
 def _smudges(rng: np.random.Generator, height: int, width: int) -> F32:
@@ -764,26 +776,19 @@ def squared_paper(digit: U8, rng: np.random.Generator) -> tuple[bytes, str]:
     spacing = rng.uniform(12, 28)
     half_thick = rng.uniform(0.6, 2.0) / 2
     style = int(rng.integers(3))  # blue, grey, faint
-    strength = (rng.uniform(0.5, 0.85), rng.uniform(0.5, 0.85), rng.uniform(0.2, 0.4))[style]
+    strength = rng.uniform(*((0.5, 0.85), (0.5, 0.85), (0.2, 0.4))[style])
     colour = ((140.0, 180.0, 225.0), (150.0, 154.0, 162.0), (170.0, 200.0, 230.0))[style]
 
-    def ruling(phase: float) -> Callable[[F32], F32]:
-        def profile(t: F32) -> F32:
-            to_line = np.abs(np.mod(t - phase + spacing / 2, spacing) - spacing / 2)
-            return _f32(np.clip(half_thick + 0.5 - to_line, 0, 1) * strength)
+    def lines(cos_x: float, cos_y: float) -> F32:
+        phase = rng.uniform(0, spacing)
+        return _project(
+            lambda t: _line_cover(t, phase, spacing, half_thick) * strength, layout, cos_x, cos_y
+        )
 
-        return profile
-
-    _paint(
-        img, _project(ruling(rng.uniform(0, spacing)), layout, -math.sin(a), math.cos(a)), colour
-    )
+    _paint(img, lines(-math.sin(a), math.cos(a)), colour)
     if rng.random() < 0.75:  # squared; else densely ruled
-        vertical = _project(ruling(rng.uniform(0, spacing)), layout, math.cos(a), math.sin(a))
-        _paint(img, vertical, colour)
-    ink = _dark_ink(rng) if rng.random() < 0.5 else (25.0, 45.0, 140.0)
-    _paint(img, alpha, ink, box)
-    shade = _shade(rng, layout, rng.uniform(0.1, 0.3), rng.uniform(0.04, 0.12))
-    return _jpeg(_finish(img, shade, rng, (0.4, 1.0)), int(rng.integers(60, 96))), "jpg"
+        _paint(img, lines(math.cos(a), math.sin(a)), colour)
+    return _pen_on_paper(img, alpha, box, layout, rng, dark_p=0.5)
 
 
 def _hard_shadow(rng: np.random.Generator, layout: Layout, box: Box) -> F32:
