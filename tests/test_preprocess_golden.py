@@ -53,7 +53,7 @@ GOLDEN = {
     "avx512": "c404d22bf5ba85d49e90c3662230788652ba4a16f4bb57702511cbb3ba489e0e",
     "avx2": "e5b8944b16f2fba1902a65d471bd02062b97024ae9903b3d3122f3fbc6d95fde",
 }
-PREPROCESS_HASH = "30a6aa73ce81a6d4"
+PREPROCESS_HASH = "a8d528d56f30ced3"
 
 
 def _script() -> ModuleType:

@@ -21,6 +21,11 @@ def as_u8(image: MatLike) -> U8:
     return np.asarray(image, dtype=np.uint8)
 
 
+def as_f32(image: MatLike | F32 | npt.NDArray[np.float64]) -> F32:
+    """The float32 counterpart of `as_u8` (a copy only if `image` is not float32 already)."""
+    return np.asarray(image, dtype=np.float32)
+
+
 def percentiles_u8(
     values: U8, qs: tuple[float, ...], dtype: type[np.float32] | None = None
 ) -> list[float]:

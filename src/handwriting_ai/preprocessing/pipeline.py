@@ -11,25 +11,32 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from attrs import frozen
 
 from handwriting_ai.errors import PreprocessingFailedError
-from handwriting_ai.preprocessing.arrays import F32, U8, as_u8, percentiles_u8
+from handwriting_ai.preprocessing.arrays import F32, U8, as_f32, as_u8, percentiles_u8
 from handwriting_ai.preprocessing.segment import (
     Grouping,
     group_digit_components,
     remove_ruled_lines,
 )
 
+if TYPE_CHECKING:
+    from cv2.typing import MatLike
+
 # Every value that changes what a model sees lives here and feeds `preprocess_hash`.
 PARAMS: dict[str, float | int | str] = {
-    "version": "pp-6",
+    "version": "pp-7",
     "work_max_side": 256,
     "work_min_side": 112,
     "background_kernel_frac": 0.2,
+    "polarity_thumb_px": 128,
+    "polarity_blur_frac": 0.125,
+    "polarity_tail_pct": 0.5,
     "min_contrast": 40,
     "threshold_peak_frac": 0.35,
     "min_stroke_frac": 0.1,
@@ -149,26 +156,86 @@ def _working_size(gray: U8) -> U8:
     return as_u8(cv2.resize(gray, size, interpolation=interp))
 
 
-def _dark_background(gray: U8) -> bool:
-    """The border is background: dark if it sits nearer the dark end of the image's range."""
+def _thumbnail(gray: U8) -> U8:
+    """At most `polarity_thumb_px` on the long side: plenty for a polarity vote, and cheap."""
     h, w = gray.shape
+    side = int(PARAMS["polarity_thumb_px"])
+    if max(h, w) <= side:
+        return gray
     work = gray
-    if max(h, w) > 128:  # a thumbnail is plenty for a median and two percentiles
-        step = max(h, w) // 256
-        if step >= 2:  # a cheap subsample first: a full-size area resize costs milliseconds
-            work = np.ascontiguousarray(work[step // 2 :: step, step // 2 :: step])
-            h, w = work.shape
-        scale = 128 / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        work = as_u8(cv2.resize(work, size, interpolation=cv2.INTER_AREA))
+    step = max(h, w) // (2 * side)
+    if step >= 2:  # a cheap subsample first: a full-size area resize costs milliseconds
+        work = np.ascontiguousarray(work[step // 2 :: step, step // 2 :: step])
         h, w = work.shape
-    b = max(1, min(h, w) // 20)
-    border = np.concatenate(
-        [work[:b].ravel(), work[-b:].ravel(), work[:, :b].ravel(), work[:, -b:].ravel()]
-    )
-    lo, hi = percentiles_u8(work, (1, 99))
-    (middle,) = percentiles_u8(border, (50,))  # np.median of the border
-    return middle < (lo + hi) / 2
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return as_u8(cv2.resize(work, size, interpolation=cv2.INTER_AREA))
+
+
+def _shrink(image: U8, factor: int) -> U8:
+    h, w = image.shape
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    return as_u8(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+
+
+def _stretch(image: MatLike, size: tuple[int, int]) -> F32:
+    return as_f32(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR))
+
+
+def _dark_background(gray: U8) -> bool:
+    """Whether the ink is light on dark: four votes on a thumbnail, summed with equal weights.
+
+    Ink is what departs furthest from the paper around it, and covers less of the image than the
+    paper does; each vote asks which way the extreme departures go (> 0: dark ink). Comparing
+    the border with the image's range, as before, failed on thin pen lines (they move neither
+    end of the range) under vignettes and hard shadows: 146 of 8,800 test images.
+    - two tails: divide by a wide blur (vignettes and gradients gone), then ask whether the
+      darkest or the brightest 0.5% reaches further from the median, once as a plain ratio
+      (bounded below by 0: sure of dark ink) and once as a log ratio (unbounded on both sides:
+      sure of light ink on black);
+    - two residuals: subtract a median filter (a quarter and a half of the thumbnail wide) and
+      weigh the residuals past half the strongest, dark against light. A shadow's edge departs
+      both ways about equally, a stroke one way; strokes as wide as the filter mislead it.
+    """
+    thumb = _thumbnail(gray)
+    h, w = thumb.shape
+    # The backgrounds are smooth, so they are estimated at a fraction of the thumbnail's size
+    # and stretched back: the same votes for ~0.1 ms instead of ~0.9 ms.
+    sigma = max(h, w) / 4 * float(PARAMS["polarity_blur_frac"])
+    wide = _stretch(cv2.GaussianBlur(as_f32(_shrink(thumb, 4)), (0, 0), sigma), (w, h))
+    pixels = as_f32(thumb)
+    ratio = as_f32(pixels / np.maximum(wide, np.float32(1.0)))
+    log_ratio = as_f32(cv2.log(as_f32((pixels + np.float32(4.0)) / (wide + np.float32(4.0)))))
+    tail = float(PARAMS["polarity_tail_pct"])
+    votes = [
+        _tail_vote(_saturate(ratio, 128.0, 0.0), tail) / 128.0,  # paper ~128
+        _tail_vote(_saturate(log_ratio, 32.0, 128.0), tail) / 32.0,
+    ]
+    half = _shrink(thumb, 2)
+    for frac in (0.25, 0.5):
+        k = int(max(half.shape) * frac) | 1
+        median = _stretch(cv2.medianBlur(half, k), (w, h))
+        votes.append(_residual_vote(as_f32(pixels - median), tail))
+    return sum(votes) < 0
+
+
+def _saturate(values: F32, scale: float, offset: float) -> U8:
+    return as_u8(np.clip(values * np.float32(scale) + np.float32(offset), 0, 255))
+
+
+def _tail_vote(flat: U8, tail: float) -> float:
+    """How much further the dark tail of `flat` reaches from its median than the bright one."""
+    lo, middle, hi = percentiles_u8(flat, (tail, 50, 100 - tail))
+    return (middle - lo) - (hi - middle)
+
+
+def _residual_vote(residual: F32, tail: float) -> float:
+    """Dark against light mass of the residuals past half the strongest: in [-1, 1]."""
+    (strongest,) = percentiles_u8(_saturate(np.abs(residual), 1.0, 0.0), (100 - tail,))
+    cut = np.float32(max(8.0, strongest / 2))
+    dark = float(np.maximum(-residual - cut, 0).sum())
+    light = float(np.maximum(residual - cut, 0).sum())
+    return (dark - light) / (dark + light + 1.0)
 
 
 def _normalise_illumination(paper: U8) -> U8:
