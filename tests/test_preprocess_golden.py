@@ -58,6 +58,8 @@ PREPROCESS_HASH = "a8d528d56f30ced3"
 
 
 def _script() -> ModuleType:
+    # Not `helpers.load_script`: this file runs in a fresh interpreter that imports only what
+    # the digest needs (helpers pulls in torch and Litestar).
     spec = importlib.util.spec_from_file_location("make_realistic_set_golden", SCRIPT)
     assert spec is not None
     assert spec.loader is not None

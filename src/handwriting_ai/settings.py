@@ -71,7 +71,7 @@ class DigitsSettings:
     backend: Literal["onnxruntime", "torch"] = "onnxruntime"
     ensemble_temperature_override: float | None = field(default=None, converter=_optional_float)
     # Measured (ops/BENCHMARKS.md, issue 15): below 0.80 flags ~60% of wrong readings and
-    # 0.8-1.5% of right ones, on MNIST and on the realistic set alike.
+    # 0.75-1.45% of right ones, on MNIST and on the realistic set alike.
     uncertain_threshold: float = 0.80
     max_image_mb: float = 12.0  # a 12 MP phone JPEG is 3-6 MB; Discord's upload cap is 10 MB
     max_image_side_px: int = 16_384  # 200 MP phone sensors are 16320 px wide

@@ -211,14 +211,15 @@ def _dark_background(gray: U8) -> bool:
         _tail_vote(_saturate(ratio, 128.0, 0.0), tail) / 128.0,  # paper ~128
         _tail_vote(_saturate(log_ratio, 32.0, 128.0), tail) / 32.0,
     ]
-    half = _shrink(thumb, 2)
     fracs = (0.25, 0.5)
+    half = None
     for i, frac in enumerate(fracs):
         # A residual vote lies strictly within (-1, 1): once the sum so far is at least as far
         # from 0 as the votes left, they cannot change the answer (scans and drawings: the
         # tails alone decide; ~0.4 ms saved).
         if abs(sum(votes)) >= len(fracs) - i:
             break
+        half = _shrink(thumb, 2) if half is None else half
         k = int(max(half.shape) * frac) | 1
         median = _stretch(cv2.medianBlur(half, k), (w, h))
         votes.append(_residual_vote(as_f32(pixels - median), tail))
