@@ -452,6 +452,34 @@ def test_a_pipelined_request_is_not_timed_out_while_the_one_before_it_runs() -> 
     assert (second.status, json.loads(second.body)) == (200, {"n": 4}), second
 
 
+@get("/slowish")
+async def _slowish() -> dict[str, str]:
+    await asyncio.sleep(0.9)
+    return {"slow": "done"}
+
+
+def test_a_pipelined_requests_body_deadline_starts_again_when_the_server_reads_again() -> None:
+    # The pipelined request's body deadline (0.5 s, re-armed while reading is paused) falls at
+    # 1.0 s, just after the first answer (0.9 s) resumes reading. Its body, sent 0.2 s after that
+    # answer, is on time: for 0.9 s it was the server that did not read. (The race the test
+    # above lost now and then on a loaded machine, made certain.)
+    app = Litestar([_slowish, _echo])
+    with (
+        serve_edge(app, header_s=5.0, body_s=0.5, max_connections=10) as port,
+        connect(port) as sock,
+    ):
+        sock.sendall(
+            b"GET /slowish HTTP/1.1\r\nHost: edge\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: edge\r\nContent-Length: 4\r\n\r\n"
+        )
+        [first] = read_answers(sock, 1, timeout_s=3)
+        time.sleep(0.2)
+        sock.sendall(b"abcd")
+        [second] = read_answers(sock, 1, timeout_s=3)
+    assert (first.status, json.loads(first.body)) == (200, {"slow": "done"}), first
+    assert (second.status, json.loads(second.body)) == (200, {"n": 4}), second
+
+
 # --------------------------------------------------------------------------- connection cap
 
 

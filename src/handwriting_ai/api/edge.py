@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import Literal
 
 from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from handwriting_ai.api.admission import READS_WAITING_KEY, ReadsWaiting
@@ -63,6 +65,20 @@ def _no_delay(transport: asyncio.Transport) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class _Flow(FlowControl):
+    """uvicorn's flow control, telling the edge when it reads again after a pause."""
+
+    def __init__(self, transport: asyncio.Transport, on_resume: Callable[[], None]) -> None:
+        super().__init__(transport)
+        self._on_resume = on_resume
+
+    def resume_reading(self) -> None:
+        was_paused = self.read_paused
+        super().resume_reading()
+        if was_paused:
+            self._on_resume()
+
+
 class EdgeProtocol(HttpToolsProtocol):
     """Set the three limits with `configure` (a subclass per server) before uvicorn uses it."""
 
@@ -91,6 +107,8 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Made here, before any request: every request's cycle shares this one.
+        self.flow = _Flow(transport, self._reading_resumed)
         _no_delay(transport)
         if len(self.connections) > self.max_connections:
             log.warning(
@@ -128,6 +146,14 @@ class EdgeProtocol(HttpToolsProtocol):
             waiting.count += 1
             scope["state"][READS_WAITING_KEY] = waiting
         super()._start_asgi_task(cycle, app)
+
+    def _reading_resumed(self) -> None:
+        # While uvicorn did not read (a pipelined request waiting for the one before it, or the
+        # app behind on a body), the client's bytes sat unread: its deadline starts again now.
+        # Without this, a deadline that fell just after the resume fired before those bytes
+        # were read, and an on-time request got 408.
+        if self._phase is not None:
+            self._arm(self._phase)
 
     def _arm(self, phase: Phase) -> None:
         self._disarm()
