@@ -435,27 +435,39 @@ async def _echo(request: Request[object, object, State]) -> dict[str, int]:
     return {"n": len(await request.body())}
 
 
-def test_a_pipelined_request_is_not_timed_out_while_the_one_before_it_runs() -> None:
-    app = Litestar([_slow, _echo])
+@get("/slowish")
+async def _slowish() -> dict[str, str]:
+    await asyncio.sleep(0.9)
+    return {"slow": "done"}
+
+
+@contextmanager
+def get_then_pipelined_echo(path: str) -> Iterator[socket.socket]:
+    """An edge with a 0.5 s body deadline, sent `GET path` and a pipelined `POST /echo` at once;
+    the echo's 4-byte body is left to the caller."""
+    app = Litestar([_slow, _slowish, _echo])
     with (
         serve_edge(app, header_s=5.0, body_s=0.5, max_connections=10) as port,
         connect(port) as sock,
     ):
         sock.sendall(
-            b"GET /slow HTTP/1.1\r\nHost: edge\r\n\r\n"
-            b"POST /echo HTTP/1.1\r\nHost: edge\r\nContent-Length: 4\r\n\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n".encode()
+            + b"POST /echo HTTP/1.1\r\nHost: edge\r\nContent-Length: 4\r\n\r\n"
         )
-        time.sleep(0.1)
-        sock.sendall(b"abcd")  # the body, 0.1 s after its headers: on time
-        first, second = read_answers(sock, 2, timeout_s=3)
+        yield sock
+
+
+def assert_slow_then_echo(first: Answer, second: Answer) -> None:
     assert (first.status, json.loads(first.body)) == (200, {"slow": "done"}), first
     assert (second.status, json.loads(second.body)) == (200, {"n": 4}), second
 
 
-@get("/slowish")
-async def _slowish() -> dict[str, str]:
-    await asyncio.sleep(0.9)
-    return {"slow": "done"}
+def test_a_pipelined_request_is_not_timed_out_while_the_one_before_it_runs() -> None:
+    with get_then_pipelined_echo("/slow") as sock:
+        time.sleep(0.1)
+        sock.sendall(b"abcd")  # the body, 0.1 s after its headers: on time
+        first, second = read_answers(sock, 2, timeout_s=3)
+    assert_slow_then_echo(first, second)
 
 
 def test_a_pipelined_requests_body_deadline_starts_again_when_the_server_reads_again() -> None:
@@ -463,21 +475,12 @@ def test_a_pipelined_requests_body_deadline_starts_again_when_the_server_reads_a
     # 1.0 s, just after the first answer (0.9 s) resumes reading. Its body, sent 0.2 s after that
     # answer, is on time: for 0.9 s it was the server that did not read. (The race the test
     # above lost now and then on a loaded machine, made certain.)
-    app = Litestar([_slowish, _echo])
-    with (
-        serve_edge(app, header_s=5.0, body_s=0.5, max_connections=10) as port,
-        connect(port) as sock,
-    ):
-        sock.sendall(
-            b"GET /slowish HTTP/1.1\r\nHost: edge\r\n\r\n"
-            b"POST /echo HTTP/1.1\r\nHost: edge\r\nContent-Length: 4\r\n\r\n"
-        )
+    with get_then_pipelined_echo("/slowish") as sock:
         [first] = read_answers(sock, 1, timeout_s=3)
         time.sleep(0.2)
         sock.sendall(b"abcd")
         [second] = read_answers(sock, 1, timeout_s=3)
-    assert (first.status, json.loads(first.body)) == (200, {"slow": "done"}), first
-    assert (second.status, json.loads(second.body)) == (200, {"n": 4}), second
+    assert_slow_then_echo(first, second)
 
 
 # --------------------------------------------------------------------------- connection cap
