@@ -41,7 +41,7 @@ from handwriting_ai.models import create_model
 from handwriting_ai.supervisor.embedded_redis import EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "models" / "mnist_digitnet_b" / "20261123T054618Z-93e7da"
+SHIPPED = REPO / "models" / "mnist_digitnet_a" / "20261208T024923.630041Z-1e080e"
 KEY = "bench-registry-key"
 MODEL, BIG = "bench_a", "bench_big"
 

@@ -7,7 +7,7 @@ temperature-scaled softmax, averaged: what `POST /v1/read` serves (TTA off). A m
 `MODEL_DIR/MODEL_ID` (its CURRENT version) or a version directory holding `manifest.json`.
 
     python ops/compare_members.py --data-root data --realistic /tmp/realistic \
-        models/mnist_digitnet_b models/mnist_digitnet_c /tmp/probe/mnist_digitnet_p5
+        models/mnist_digitnet_a models/mnist_digitnet_c /tmp/probe/mnist_digitnet_p5
 
 Without members, the shipped ones (`SHIPPED_MODELS` in `models/`). The realistic set is a folder
 written by `ops/make_realistic_set.py`; it is preprocessed once per run (about 30 s for 2,800

@@ -3,12 +3,14 @@
 # 15 epochs, augment=true), of which the three best by validation accuracy are kept (selection
 # never looks at the test set). Two members train side by side, one thread each (two cores).
 # Usage: ./dev run sh ops/train_shipped_ensemble.sh [EPOCHS]   (logs in data/logs/)
+#        DATA_ROOT=/folder/holding/mnist ./dev run sh ops/train_shipped_ensemble.sh
 set -eu
 epochs=${1:-15}
+data_root=${DATA_ROOT:-data}
 mkdir -p data/logs
 member() {
   digits train --model-id "mnist_digitnet_$1" --arch digitnet --epochs "$epochs" --seed "$2" \
-    --augment --threads 1 --model-dir models --activate \
+    --augment --threads 1 --data-root "$data_root" --model-dir models --activate \
     --notes "shipped ensemble member $1" > "data/logs/train_$1.log" 2>&1
 }
 member a 1 & pa=$!

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from handwriting_ai.api.app import create_app
+from handwriting_ai.settings import SHIPPED_MODELS
 from helpers import make_settings, png_bytes, seven
 from worker_support import base_env, serve_app
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ("mnist_digitnet_b", "mnist_digitnet_c", "mnist_digitnet_d")
 API_KEY = "cli-read-key"
 SAMPLE = REPO / "ops" / "samples" / "digit.jpg"  # a 7, photographed
 LINE = r"Digit: 7 \(\d+\.\d% confidence\)\. Top-3: 7=\d\.\d{3}, \d=\d\.\d{3}, \d=\d\.\d{3}\."
@@ -27,9 +27,9 @@ LINE = r"Digit: 7 \(\d+\.\d% confidence\)\. Top-3: 7=\d\.\d{3}, \d=\d\.\d{3}, \d
 def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The shipped ensemble behind the real app, with an API key."""
     model_dir = tmp_path_factory.mktemp("models")
-    for model_id in SHIPPED:
+    for model_id in SHIPPED_MODELS:
         shutil.copytree(REPO / "models" / model_id, model_dir / model_id)
-    settings = make_settings(model_dir, SHIPPED, {"SECURITY__API_KEY": API_KEY})
+    settings = make_settings(model_dir, SHIPPED_MODELS, {"SECURITY__API_KEY": API_KEY})
     with serve_app(create_app(settings)) as url:
         yield url
 

@@ -2,7 +2,7 @@
 over HTTP and a real worker.
 
 The API serves one model id, `mnist_digitnet_v1`, whose current version is a shipped model
-(`models/mnist_digitnet_b`, installed under that id). Photos in a made-up handwriting
+(`models/mnist_digitnet_a`, installed under that id). Photos in a made-up handwriting
 (`handwriting_styles.py`: a 2 written as a crossed Z, a 6 drawn square) are read through
 `POST /v1/read`, mostly wrong; each read is corrected through `POST /v1/feedback`; a
 `use_feedback` job queued through `POST /v1/train` is trained by a burst worker on tiny MNIST
@@ -66,7 +66,7 @@ redis_server = stream_helpers.redis_server
 redis_url = stream_helpers.redis_url
 
 SERVED_ID = "mnist_digitnet_v1"
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "mnist_digitnet_b"
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "mnist_digitnet_a"
 PHOTOS = 32
 # More than the default 0.2, so the held-back figure rests on 10 reads rather than 6.
 HOLDOUT_FRACTION = 0.3

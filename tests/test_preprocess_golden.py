@@ -44,17 +44,17 @@ OPTIONS = (
     PreprocessOptions(center=False),
     PreprocessOptions(invert=True),
 )
-# sha256 of every output below, taken from the pipeline as the shipped models were trained on it
-# (at 3636ff8, before the speed-ups of issue 11's second round), per kind of CPU: numpy and
-# OpenCV pick other SIMD kernels with AVX-512 (numpy's exp and sin among them), and the last bits
-# of some floats differ, in the generated inputs and in the pipeline alike. Each digest below was
-# taken by running this file at 3636ff8 on such a machine. `pp-7` (issue 15: the polarity rule)
-# decides every image of this corpus as before: the AVX2 digest was re-taken and did not move.
+# sha256 of every output below, taken from the pipeline as the shipped models were trained on it,
+# per kind of CPU: numpy and OpenCV pick other SIMD kernels with AVX-512 (numpy's exp and sin
+# among them), and the last bits of some floats differ, in the generated inputs and in the
+# pipeline alike. `pp-8` (issue 15: the strokes' soft rim kept) took both on an AVX-512 host:
+# `python tests/test_preprocess_golden.py`, and the same with `NPY_DISABLE_CPU_FEATURES=X86_V4`
+# for AVX2 (which gave pp-7's AVX2 digest, taken on an AVX2 host, back to the bit).
 GOLDEN = {
-    "avx512": "c404d22bf5ba85d49e90c3662230788652ba4a16f4bb57702511cbb3ba489e0e",
-    "avx2": "e5b8944b16f2fba1902a65d471bd02062b97024ae9903b3d3122f3fbc6d95fde",
+    "avx512": "1afca19bb5075c398ffd4a5e9a035c28cbde55f69799055d8208311464164e9c",
+    "avx2": "9eb7e3441bbf7b5c87a6ffb8390d9d0485cea37ca810d71440995bd480a144df",
 }
-PREPROCESS_HASH = "a8d528d56f30ced3"
+PREPROCESS_HASH = "42bfb900ff7a83f7"
 
 
 def _script() -> ModuleType:
@@ -140,7 +140,7 @@ def test_the_preprocessing_output_is_unchanged() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     kind = cpu_kind()
-    assert kind in GOLDEN, f"no digest for this CPU ({kind}): take one at 3636ff8 and add it"
+    assert kind in GOLDEN, f"no digest for this CPU ({kind}): take one (see GOLDEN) and add it"
     assert done.stdout.strip() == GOLDEN[kind]
 
 

@@ -318,3 +318,21 @@ def slant_deg(pixels: U8) -> float:
 def test_deskew_leaves_the_stroke_upright(degrees: float) -> None:
     """The shear goes against the slant: what the model sees is upright, not slanted twice."""
     assert abs(slant_deg(preprocess_gray(slanted_one(degrees), PreprocessOptions()).pixels)) < 2.5
+
+
+def test_the_strokes_soft_rim_is_kept_all_round() -> None:
+    """MNIST boxed its digits with their grey edges: the output's outermost rows and columns are
+    the faint rim, not strokes cut where the threshold's mask ends (`pp-7` cut them there, and
+    read MNIST's test set 0.06 points worse for it)."""
+    for label in range(10):
+        canvas = np.zeros((112, 112), np.uint8)
+        cv2.putText(
+            canvas, str(label), (28, 92), cv2.FONT_HERSHEY_SIMPLEX, 3.0, 255, 9, cv2.LINE_AA
+        )
+        blurred: U8 = np.asarray(
+            cv2.GaussianBlur(canvas, (0, 0), 3.0), np.uint8
+        )  # a soft edge, as MNIST's
+        pixels = preprocess_gray(blurred).pixels
+        ys, xs = np.nonzero(pixels)
+        outermost = (pixels[ys.min()], pixels[ys.max()], pixels[:, xs.min()], pixels[:, xs.max()])
+        assert max(int(line.max()) for line in outermost) < 128, label

@@ -15,7 +15,7 @@ def test_defaults_without_env() -> None:
     assert settings == Settings()
     assert settings.app.port == 8081
     assert settings.digits.active_model == (
-        "mnist_digitnet_b",
+        "mnist_digitnet_a",
         "mnist_digitnet_c",
         "mnist_digitnet_d",
     )

@@ -19,7 +19,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from handwriting_ai.contracts.converter import ContractError, converter, structure
 
-SHIPPED_MODELS = ("mnist_digitnet_b", "mnist_digitnet_c", "mnist_digitnet_d")
+SHIPPED_MODELS = ("mnist_digitnet_a", "mnist_digitnet_c", "mnist_digitnet_d")
 
 
 def _ids(value: object) -> tuple[str, ...]:

@@ -20,12 +20,12 @@ from playwright.sync_api import Error as PlaywrightError
 
 import stream_helpers
 from handwriting_ai.api.app import create_app
+from handwriting_ai.settings import SHIPPED_MODELS
 from helpers import make_settings
 from redis_server import RedisServer
 from worker_support import API_KEY, serve_app
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ("mnist_digitnet_b", "mnist_digitnet_c", "mnist_digitnet_d")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -72,7 +72,7 @@ class Site:
 def shipped_models(model_dir: Path) -> Path:
     """The shipped ensemble, copied as `tests/test_cli_read.py` does."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    for model_id in SHIPPED:
+    for model_id in SHIPPED_MODELS:
         shutil.copytree(REPO / "models" / model_id, model_dir / model_id)
     return model_dir
 
@@ -86,7 +86,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) ->
     model_dir = shipped_models(tmp_path_factory.mktemp("site") / "models")
     settings = make_settings(
         model_dir,
-        SHIPPED,
+        SHIPPED_MODELS,
         {"REDIS_URL": redis_server.url, "SECURITY__ADMIN_KEY": ADMIN_KEY},
     )
     with serve_app(create_app(settings)) as url:

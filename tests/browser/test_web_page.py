@@ -19,9 +19,10 @@ import pytest
 import redis
 from playwright.sync_api import Page, Request, Route, expect
 
-from browser.conftest import ADMIN_KEY, SHIPPED, Site, shipped_models
+from browser.conftest import ADMIN_KEY, Site, shipped_models
 from handwriting_ai.api.app import create_app
 from handwriting_ai.api.web import CONTENT_SECURITY_POLICY
+from handwriting_ai.settings import SHIPPED_MODELS
 from handwriting_ai.streams.keys import FEEDBACK_STREAM
 from helpers import make_settings, png_bytes, seven
 from tiny_mnist import write_tiny_mnist
@@ -340,25 +341,25 @@ def test_models_panel_lists_the_registry_and_acts_with_the_admin_key(
     page: Page, site: Site
 ) -> None:
     open_page(page, site.url)
-    for model_id in SHIPPED:
+    for model_id in SHIPPED_MODELS:
         card = page.locator(f"#models-list [data-model-id='{model_id}']")
         expect(card.locator(".badge.served")).to_be_visible()
         expect(card.locator("tbody tr")).to_have_count(1)
-    expect(page.locator("#models-summary")).to_contain_text("Served: " + ", ".join(SHIPPED))
-    expect(page.get_by_role("button", name=f"Pin {SHIPPED[0]}")).to_have_count(0)
+    expect(page.locator("#models-summary")).to_contain_text("Served: " + ", ".join(SHIPPED_MODELS))
+    expect(page.get_by_role("button", name=f"Pin {SHIPPED_MODELS[0]}")).to_have_count(0)
 
     page.fill("#admin-key", "wrong")
-    page.get_by_role("button", name=f"Pin {SHIPPED[0]}").click()
+    page.get_by_role("button", name=f"Pin {SHIPPED_MODELS[0]}").click()
     expect(page.locator("#models-error")).to_contain_text("Missing or wrong X-Api-Key.")
 
     page.fill("#admin-key", ADMIN_KEY)
-    with page.expect_request(f"**/v1/admin/models/{SHIPPED[0]}/pin") as sent:
-        page.get_by_role("button", name=f"Pin {SHIPPED[0]}").click()
+    with page.expect_request(f"**/v1/admin/models/{SHIPPED_MODELS[0]}/pin") as sent:
+        page.get_by_role("button", name=f"Pin {SHIPPED_MODELS[0]}").click()
     assert sent.value.headers["x-api-key"] == ADMIN_KEY
-    card = page.locator(f"#models-list [data-model-id='{SHIPPED[0]}']")
+    card = page.locator(f"#models-list [data-model-id='{SHIPPED_MODELS[0]}']")
     expect(card.locator("h3")).to_contain_text("pinned")
-    expect(page.locator("#models-summary")).to_contain_text(f"Pin {SHIPPED[0]}: done.")
-    page.get_by_role("button", name=f"Unpin {SHIPPED[0]}").click()
+    expect(page.locator("#models-summary")).to_contain_text(f"Pin {SHIPPED_MODELS[0]}: done.")
+    page.get_by_role("button", name=f"Unpin {SHIPPED_MODELS[0]}").click()
     expect(card.locator("h3")).not_to_contain_text("pinned")
 
 
@@ -369,7 +370,7 @@ def test_models_panel_lists_the_registry_and_acts_with_the_admin_key(
 def keyed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The shipped ensemble behind `SECURITY__API_KEY`, no Redis."""
     model_dir = shipped_models(tmp_path_factory.mktemp("keyed") / "models")
-    settings = make_settings(model_dir, SHIPPED, {"SECURITY__API_KEY": PAGE_KEY})
+    settings = make_settings(model_dir, SHIPPED_MODELS, {"SECURITY__API_KEY": PAGE_KEY})
     with serve_app(create_app(settings)) as url:
         yield url
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 # Every value that changes what a model sees lives here and feeds `preprocess_hash`.
 PARAMS: dict[str, float | int | str] = {
-    "version": "pp-7",
+    "version": "pp-8",
     "work_max_side": 256,
     "work_min_side": 112,
     "background_kernel_frac": 0.2,
@@ -40,6 +40,8 @@ PARAMS: dict[str, float | int | str] = {
     "min_contrast": 40,
     "threshold_peak_frac": 0.35,
     "min_stroke_frac": 0.1,
+    # The anti-aliased rim kept around the thresholded strokes, in pixels of the 28 px output.
+    "rim_px": 1.5,
     "deskew_max_deg": 10.0,
     "deskew_min_deg": 1.0,
     "deskew_min_elongation": 1.2,
@@ -109,9 +111,14 @@ def preprocess_gray(gray: U8, options: PreprocessOptions = PreprocessOptions()) 
     paper = as_u8(cv2.bitwise_not(gray)) if inverted else gray
     found = _locate(paper)
     ink, grouping, lines_removed = found.ink, found.grouping, found.lines_removed
-    x, y, w, h = grouping.bbox
-    digit = _soft_digit(ink, grouping.mask)[y : y + h, x : x + w]
-    digit = _thicken_thin_strokes(digit, grouping.mask[y : y + h, x : x + w])
+    # The threshold's mask ends inside the strokes' soft rim: keep the rim, all round, as
+    # MNIST's own 20 px box does (its digits were scaled with their grey edges).
+    _, _, w, h = grouping.bbox
+    rim = max(1, round(float(PARAMS["rim_px"]) * max(w, h) / _BOX))
+    soft = _soft_digit(ink, grouping.mask, rim)
+    top, bottom, left, right = _extent(soft, grouping.bbox, rim)
+    digit = soft[top:bottom, left:right]
+    digit = _thicken_thin_strokes(digit, grouping.mask[top:bottom, left:right])
     digit, angle = _deskew(digit)
     pixels = _fit_and_center(digit, center=options.center)
     tensor = ((pixels.astype(np.float32) / 255.0) - _MEAN) / _STD
@@ -257,9 +264,11 @@ def _normalise_illumination(paper: U8) -> U8:
     return ink.astype(np.uint8)
 
 
-def _soft_digit(ink: U8, group_mask: U8) -> U8:
-    """Keep anti-aliased stroke edges; stretch so the stroke core is full-white like MNIST."""
-    near = cv2.dilate(group_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+def _soft_digit(ink: U8, group_mask: U8, rim: int) -> U8:
+    """Keep anti-aliased stroke edges (`rim` px past the mask); stretch so the stroke core is
+    full-white like MNIST."""
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rim + 1, 2 * rim + 1))
+    near = cv2.dilate(group_mask, disc)
     kept = np.where(near > 0, ink, 0).astype(np.float32)
     # `kept` is `ink` wherever the mask is set; its float32 dtype decides numpy's rounding.
     inside = ink[group_mask > 0]
@@ -268,6 +277,23 @@ def _soft_digit(ink: U8, group_mask: U8) -> U8:
     stretched = (kept - floor) / max(core - floor, 1.0) * 255.0
     out: U8 = np.clip(stretched, 0, 255).astype(np.uint8)
     return out
+
+
+def _extent(soft: U8, bbox: tuple[int, int, int, int], rim: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of what shows (> 8) within the mask's box grown by `rim`."""
+    x, y, w, h = bbox
+    rows, cols = soft.shape
+    top, bottom = max(0, y - rim), min(rows, y + h + rim)
+    left, right = max(0, x - rim), min(cols, x + w + rim)
+    ys, xs = np.nonzero(soft[top:bottom, left:right] > 8)
+    if len(xs) == 0:
+        return y, y + h, x, x + w
+    return (
+        top + int(ys.min()),
+        top + int(ys.max()) + 1,
+        left + int(xs.min()),
+        left + int(xs.max()) + 1,
+    )
 
 
 def _thicken_thin_strokes(digit: U8, mask: U8) -> U8:
