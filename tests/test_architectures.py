@@ -28,7 +28,7 @@ BATCH = 4
 
 
 def test_the_documented_architectures_are_registered() -> None:
-    assert {"digitnet", "digitnet_wide", "digitnet_tiny", "resnet18"} <= set(ARCHS)
+    assert {"digitnet", "digitnet_wide", "digitnet_deep", "digitnet_tiny", "resnet18"} <= set(ARCHS)
 
 
 def digits_batch() -> tuple[torch.Tensor, torch.Tensor]:
