@@ -20,7 +20,15 @@ wait "$pb"; member d 4 & pd=$!
 wait "$pc"; wait "$pd"
 python - <<'PY'
 import json, pathlib, shutil
-runs = {p.parent.parent.name: json.loads(p.read_text())["val_acc"] for p in pathlib.Path("models").glob("mnist_digitnet_?/*/manifest.json")}
+# Each member's CURRENT version is the one just trained (--activate); earlier versions of a
+# re-run recipe are removed, so models/ ships one version a member.
+runs = {}
+for member in pathlib.Path("models").glob("mnist_digitnet_?"):
+    current = (member / "CURRENT").read_text().strip()
+    runs[member.name] = json.loads((member / current / "manifest.json").read_text())["val_acc"]
+    for old in member.iterdir():
+        if old.is_dir() and old.name != current:
+            shutil.rmtree(old)
 ranked = sorted(runs, key=runs.get, reverse=True)
 for model_id in ranked[3:]:
     shutil.rmtree(pathlib.Path("models") / model_id)

@@ -329,9 +329,8 @@ def test_the_strokes_soft_rim_is_kept_all_round() -> None:
         cv2.putText(
             canvas, str(label), (28, 92), cv2.FONT_HERSHEY_SIMPLEX, 3.0, 255, 9, cv2.LINE_AA
         )
-        blurred: U8 = np.asarray(
-            cv2.GaussianBlur(canvas, (0, 0), 3.0), np.uint8
-        )  # a soft edge, as MNIST's
+        # A soft edge a few pixels wide, as MNIST's digits have.
+        blurred: U8 = np.asarray(cv2.GaussianBlur(canvas, (0, 0), 3.0), np.uint8)
         pixels = preprocess_gray(blurred).pixels
         ys, xs = np.nonzero(pixels)
         outermost = (pixels[ys.min()], pixels[ys.max()], pixels[:, xs.min()], pixels[:, xs.max()])

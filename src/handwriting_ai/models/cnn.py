@@ -12,9 +12,9 @@ from torch import nn
 from handwriting_ai.models.registry import register_model
 
 
-def _block(c_in: int, c_out: int) -> list[nn.Module]:
+def _block(c_in: int, c_out: int, k: int = 3, stride: int = 1, pad: int = 1) -> list[nn.Module]:
     return [
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.Conv2d(c_in, c_out, k, stride, pad, bias=False),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     ]
@@ -50,24 +50,16 @@ class DeepDigitNet(nn.Module):
     def __init__(self, width: int = 32, dropout: float = 0.3, n_classes: int = 10) -> None:
         super().__init__()
         w = width
-
-        def conv(c_in: int, c_out: int, k: int, stride: int = 1, pad: int = 0) -> list[nn.Module]:
-            return [
-                nn.Conv2d(c_in, c_out, k, stride, pad, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            ]
-
-        self.features = nn.Sequential(
-            *conv(1, w, 3),  # 26
-            *conv(w, w, 3),  # 24
-            *conv(w, w, 5, 2, 2),  # 12
+        self.features = nn.Sequential(  # unpadded 3x3 convs: 28 -> 26 -> 24, 12 -> 10 -> 8
+            *_block(1, w, pad=0),
+            *_block(w, w, pad=0),
+            *_block(w, w, 5, 2, 2),  # 12
             nn.Dropout(dropout),
-            *conv(w, 2 * w, 3),  # 10
-            *conv(2 * w, 2 * w, 3),  # 8
-            *conv(2 * w, 2 * w, 5, 2, 2),  # 4
+            *_block(w, 2 * w, pad=0),
+            *_block(2 * w, 2 * w, pad=0),
+            *_block(2 * w, 2 * w, 5, 2, 2),  # 4
             nn.Dropout(dropout),
-            *conv(2 * w, 4 * w, 4),  # 1
+            *_block(2 * w, 4 * w, 4, pad=0),  # 1
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, n_classes))
 
